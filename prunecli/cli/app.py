@@ -1,0 +1,104 @@
+"""The prunecli application: wires the commands and maps errors to one line + exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from prunecli import __version__
+from prunecli.cli.evaluate import evaluate
+from prunecli.cli.finetune import finetune
+from prunecli.cli.info import info
+from prunecli.cli.list_ import list_
+from prunecli.cli.train import train
+
+app = typer.Typer(
+    name="prunecli",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"prunecli {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_version)
+    ] = False,
+) -> None:
+    """Prune PyTorch CNNs: train -> prune -> compress -> finetune -> evaluate, one checkpoint per stage.
+
+    Commands that write a checkpoint print only its path on stdout, and read '-' as a
+    path from stdin, so they chain: prunecli finetune "$(prunecli train --epochs 5)".
+    Set PRUNECLI_DEBUG=1 to see tracebacks.
+    """
+
+
+app.command("train")(train)
+app.command("finetune")(finetune)
+app.command("evaluate")(evaluate)
+app.command("info")(info)
+app.command("list")(list_)
+
+
+def _error(message: str, code: int) -> "NoReturn":  # noqa: F821
+    sys.stderr.write(f"prunecli: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point. Exit codes: 0 ok, 1 error, 2 usage error, 130 interrupted."""
+    from typer._click import exceptions as click_exc
+
+    from prunecli.errors import PruneCliError
+
+    debug = os.environ.get("PRUNECLI_DEBUG", "") not in ("", "0")
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="prunecli", standalone_mode=False)
+    except click_exc.NoArgsIsHelpError as e:
+        sys.stderr.write(e.format_message() + "\n")
+        raise SystemExit(2) from None
+    except click_exc.UsageError as e:
+        if debug:
+            raise
+        where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+        _error(f"{e.format_message()}{where}", 2)
+    except click_exc.ClickException as e:
+        if debug:
+            raise
+        _error(e.format_message(), e.exit_code or 1)
+    except click_exc.Abort:
+        _error("aborted", 130)
+    except PruneCliError as e:
+        if debug:
+            raise
+        _error(str(e), e.exit_code)
+    except KeyboardInterrupt:
+        _error("interrupted", 130)
+    except BrokenPipeError:
+        # stdout closed early (e.g. piped into head): not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(1) from None
+    except Exception as e:
+        if debug:
+            raise
+        detail = str(e).splitlines()[0] if str(e) else ""
+        _error(f"internal error: {type(e).__name__}: {detail} (a bug in prunecli? rerun with PRUNECLI_DEBUG=1 for the traceback)", 1)
+    raise SystemExit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""`prunecli evaluate`: accuracy, MACs, params, latency, widths; several checkpoints side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prunecli.cli._common import (
+    PANEL_OUT,
+    PANEL_RUN,
+    BatchSizeOpt,
+    ConfigOpt,
+    DataDirOpt,
+    DatasetOpt,
+    DeviceOpt,
+    DownloadOpt,
+    JsonOpt,
+    WorkersOpt,
+    emit_json,
+    input_checkpoint,
+)
+from prunecli.cli._render import human, layer_widths_table
+
+CheckpointsArg = Annotated[list[Path], typer.Argument(help="Checkpoints ('-' reads a path from stdin).", show_default=False)]
+
+
+def evaluate(
+    checkpoints: CheckpointsArg,
+    dataset: DatasetOpt = None,
+    data: DataDirOpt = None,
+    download: DownloadOpt = False,
+    batch_size: BatchSizeOpt = 64,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = 4,
+    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure latency (median of timed batches).", rich_help_panel=PANEL_RUN)] = True,
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed batches per model for latency.", rich_help_panel=PANEL_RUN)] = 15,
+    layers: Annotated[bool, typer.Option("--layers/--no-layers", help="Show per-layer widths.", rich_help_panel=PANEL_OUT)] = True,
+    json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Evaluate checkpoints on their test set: top-1/top-5, loss, MACs, params, latency, widths.
+
+    --json prints {"checkpoint", "top1", "top5", "loss", "macs", "params", "latency_ms", ...}
+    (a list when given several checkpoints); top1/top5 are percentages, latency is the
+    median milliseconds for one batch of --batch-size in the faster memory format.
+    """
+    from prunecli.engine.evaluation import evaluate_checkpoints
+
+    paths = [input_checkpoint(p) for p in checkpoints]
+    reports = evaluate_checkpoints(
+        paths,
+        dataset=dataset,
+        data=data,
+        download=download,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        latency=latency,
+        latency_repeats=repeats,
+    )
+    if json:
+        objs = [r.to_json(with_layers=layers and False) for r in reports]
+        emit_json(objs[0] if len(objs) == 1 else objs)
+        return
+    _print_reports(reports, layers)
+
+
+def _print_reports(reports, show_layers: bool) -> None:
+    from rich.table import Table
+
+    from prunecli._console import console
+
+    con = console()
+    table = Table(title="evaluate", title_justify="left", show_edge=False, pad_edge=False)
+    table.add_column("")
+    labels = [Path(r.checkpoint).name for r in reports]
+    for label in labels:
+        table.add_column(label, justify="right")
+    base = reports[0]
+
+    def rel(value, ref):
+        return f" ({value / ref:.2f}x)" if len(reports) > 1 and ref else ""
+
+    rows = [
+        ("stage", [r.stage for r in reports]),
+        ("model", [r.model for r in reports]),
+        ("dataset", [f"{r.dataset} ({r.samples:,})" for r in reports]),
+        ("top-1 %", [f"{r.top1:.2f}" for r in reports]),
+        ("top-5 %", [f"{r.top5:.2f}" for r in reports]),
+        ("loss", [f"{r.loss:.4f}" for r in reports]),
+        ("MACs", [human(r.macs) + rel(r.macs, base.macs) for r in reports]),
+        ("params", [human(r.params) + rel(r.params, base.params) for r in reports]),
+        ("non-zero params", [human(r.nonzero_params) for r in reports]),
+    ]
+    if base.latency_ms is not None:
+        rows.append(
+            (
+                f"latency ms (batch {base.latency_batch_size})",
+                [f"{r.latency_ms:.2f}{rel(r.latency_ms, base.latency_ms)} {r.memory_format}" for r in reports],
+            )
+        )
+    for name, cells in rows:
+        table.add_row(name, *cells)
+    con.print(table)
+    if show_layers:
+        con.print(layer_widths_table("per-layer widths", labels, [r.layers for r in reports]))

@@ -1,0 +1,104 @@
+"""`prunecli info`: what a checkpoint is, where it came from, and its layers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prunecli.cli._common import PANEL_OUT, ConfigOpt, JsonOpt, emit_json, input_checkpoint
+from prunecli.cli._render import human, layer_widths_table
+
+
+def info(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint ('-' reads the path from stdin).", show_default=False)],
+    layers: Annotated[
+        bool, typer.Option("--layers", help="List the conv/linear layers by name (the names --layer-rate/--skip match).", rich_help_panel=PANEL_OUT)
+    ] = False,
+    json: JsonOpt = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Show a checkpoint's model, dataset, metrics, lineage, structure and (with --layers) layers."""
+    from prunecli.checkpoint import load_checkpoint, rebuild_model, to_plain
+    from prunecli.metrics.complexity import count_complexity
+    from prunecli.metrics.layers import layer_table
+
+    path = input_checkpoint(checkpoint)
+    ckpt = load_checkpoint(path)
+    model = rebuild_model(ckpt)
+    shape = (ckpt.model.in_channels, ckpt.model.image_size, ckpt.model.image_size)
+    cx = count_complexity(model, shape)
+    table = layer_table(model, ckpt.masks)
+    masked = sum(int((~m).sum().item()) for m in ckpt.masks.values())
+    summary = {
+        "checkpoint": str(path),
+        "stage": ckpt.stage,
+        "model": ckpt.model.to_dict(),
+        "dataset": ckpt.dataset.to_dict() if ckpt.dataset else None,
+        "macs": cx.macs,
+        "params": cx.params,
+        "compressed": bool(ckpt.structure),
+        "structure_steps": len(ckpt.structure or []),
+        "masked_parameters": len(ckpt.masks),
+        "masked_entries": masked,
+        "metrics": ckpt.metrics,
+        "lineage": ckpt.lineage,
+        "resume": {"stage": ckpt.resume["stage"], "epoch": ckpt.resume["epoch"], "epochs": ckpt.resume["config"].get("epochs")}
+        if ckpt.resume
+        else None,
+        "extra_keys": sorted(ckpt.extra),
+    }
+    if json:
+        if layers:
+            summary["layers"] = [vars(layer) for layer in table]
+        emit_json(to_plain(summary))
+        return
+    _print_info(summary, table, layers)
+
+
+def _print_info(s: dict, table, show_layers: bool) -> None:
+    from rich.table import Table
+
+    from prunecli._console import console
+
+    con = console()
+    t = Table(title=s["checkpoint"], title_justify="left", show_header=False, show_edge=False, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    m = s["model"]
+    t.add_row("stage", s["stage"])
+    args = ", ".join(f"{k}={v}" for k, v in m["kwargs"].items())
+    t.add_row("model", f"{m['name']}({args}) for {m['in_channels']}x{m['image_size']}x{m['image_size']}, {m['num_classes']} classes")
+    if s["dataset"]:
+        d = s["dataset"]
+        t.add_row("dataset", f"{d['name']}" + (f" at {d['root']}" if d.get("root") else ""))
+    t.add_row("MACs / params", f"{human(s['macs'])} / {human(s['params'])}")
+    t.add_row("structure", f"compressed ({s['structure_steps']} pruning steps replayed)" if s["compressed"] else "as built")
+    if s["masked_parameters"]:
+        t.add_row("masks", f"{s['masked_parameters']} parameters, {s['masked_entries']:,} entries pruned")
+    if s["metrics"]:
+        mt = s["metrics"]
+        shown = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in mt.items() if v is not None)
+        t.add_row("metrics", shown)
+    if s["resume"]:
+        r = s["resume"]
+        t.add_row("resume", f"{r['stage']} at epoch {r['epoch']}/{r['epochs']}")
+    con.print(t)
+
+    lin = Table(title="lineage", title_justify="left", show_edge=False, pad_edge=False)
+    for col in ("#", "command", "time", "prunecli", "parent", "parent sha256"):
+        lin.add_column(col)
+    for i, e in enumerate(s["lineage"], start=1):
+        resumed = f" (resumed x{len(e['resumed'])})" if e.get("resumed") else ""
+        lin.add_row(
+            str(i),
+            e.get("command", "?") + resumed,
+            e.get("time", ""),
+            e.get("prunecli_version", ""),
+            e.get("parent") or "-",
+            (e.get("parent_sha256") or "-")[:12],
+        )
+    con.print(lin)
+    if show_layers:
+        con.print(layer_widths_table("layers", ["width"], [table]))

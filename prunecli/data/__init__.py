@@ -1,0 +1,23 @@
+"""Datasets: registry, in-memory tensor splits, folder datasets, loaders."""
+
+from prunecli.data._registry import (
+    Augment,
+    DataBundle,
+    DatasetSpec,
+    TensorSplit,
+    dataset_description,
+    get_dataset,
+    list_datasets,
+    register_dataset,
+)
+
+__all__ = [
+    "Augment",
+    "DataBundle",
+    "DatasetSpec",
+    "TensorSplit",
+    "dataset_description",
+    "get_dataset",
+    "list_datasets",
+    "register_dataset",
+]

@@ -1,0 +1,1 @@
+"""Training engine: config, optimizers and schedules, the epoch loop, distributed setup."""

@@ -1,0 +1,138 @@
+"""`evaluate`: accuracy, loss, MACs, params, latency and per-layer widths of checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from prunecli.checkpoint import Checkpoint, load_checkpoint, rebuild_model
+from prunecli.data import DataBundle, DatasetSpec, get_dataset
+from prunecli.data.loaders import make_batches
+from prunecli.engine.distributed import resolve_device
+from prunecli.engine.loop import evaluate
+from prunecli.errors import PruneCliError
+from prunecli.metrics.complexity import count_complexity
+from prunecli.metrics.latency import measure_latencies
+from prunecli.metrics.layers import LayerInfo, layer_table
+
+
+@dataclass
+class Report:
+    checkpoint: str
+    stage: str
+    model: str
+    dataset: str
+    top1: float
+    top5: float
+    loss: float
+    samples: int
+    macs: int
+    params: int
+    nonzero_params: int
+    latency_ms: Optional[float] = None
+    latency_batch_size: Optional[int] = None
+    memory_format: Optional[str] = None
+    layers: list[LayerInfo] = field(default_factory=list)
+
+    def to_json(self, with_layers: bool = False) -> dict:
+        d = {
+            "checkpoint": self.checkpoint,
+            "top1": round(self.top1, 4),
+            "top5": round(self.top5, 4),
+            "loss": round(self.loss, 6),
+            "macs": self.macs,
+            "params": self.params,
+            "latency_ms": round(self.latency_ms, 4) if self.latency_ms is not None else None,
+            "nonzero_params": self.nonzero_params,
+            "model": self.model,
+            "dataset": self.dataset,
+            "stage": self.stage,
+            "samples": self.samples,
+            "latency_batch_size": self.latency_batch_size,
+            "memory_format": self.memory_format,
+        }
+        if with_layers:
+            d["layers"] = [vars(layer) for layer in self.layers]
+        return d
+
+
+def data_for_checkpoint(
+    ckpt: Checkpoint, *, dataset: Optional[str], data: Optional[Path], download: bool = False
+) -> DataBundle:
+    """The checkpoint's own dataset (or ``dataset``), read from ``data`` or the recorded root."""
+    spec: Optional[DatasetSpec] = ckpt.dataset
+    name = dataset or (spec.name if spec else None)
+    if name is None:
+        raise PruneCliError(f"{ckpt.path}: records no dataset; pass --dataset")
+    same = spec is not None and spec.name == name
+    root = data or (Path(spec.root) if same and spec.root else None)
+    opts = spec.options if same and spec else {}
+    bundle = get_dataset(
+        name,
+        root=root,
+        download=download,
+        image_size=ckpt.model.image_size,
+        num_classes=opts.get("num_classes") if opts else (ckpt.model.num_classes if name == "synthetic" else None),
+    )
+    d = bundle.spec
+    if (d.num_classes, d.in_channels, d.image_size) != (ckpt.model.num_classes, ckpt.model.in_channels, ckpt.model.image_size):
+        raise PruneCliError(
+            f"{ckpt.path}: model takes {ckpt.model.in_channels}x{ckpt.model.image_size}x{ckpt.model.image_size} "
+            f"inputs and {ckpt.model.num_classes} classes; dataset {d.name} has "
+            f"{d.in_channels}x{d.image_size}x{d.image_size} and {d.num_classes}"
+        )
+    return bundle
+
+
+def evaluate_checkpoints(
+    paths: list[Path],
+    *,
+    dataset: Optional[str] = None,
+    data: Optional[Path] = None,
+    download: bool = False,
+    batch_size: int = 64,
+    device: str = "auto",
+    workers: int = 4,
+    latency: bool = True,
+    latency_repeats: int = 15,
+) -> list[Report]:
+    dev = resolve_device(device)
+    loaded = [load_checkpoint(p) for p in paths]  # fail on a bad file before any work
+    reports, models = [], []
+    for ckpt in loaded:
+        model = rebuild_model(ckpt).to(dev)
+        bundle = data_for_checkpoint(ckpt, dataset=dataset, data=data, download=download)
+        batches = make_batches(bundle, "test", batch_size=batch_size, device=dev, train=False, workers=workers)
+        result = evaluate(model, batches, device=dev)
+        shape = (ckpt.model.in_channels, ckpt.model.image_size, ckpt.model.image_size)
+        cx = count_complexity(model, shape)
+        nonzero = sum(int((p != 0).sum().item()) for p in model.parameters())
+        reports.append(
+            Report(
+                checkpoint=str(ckpt.path),
+                stage=ckpt.stage,
+                model=ckpt.model.name,
+                dataset=bundle.spec.name,
+                top1=result.top1,
+                top5=result.top5,
+                loss=result.loss,
+                samples=result.samples,
+                macs=cx.macs,
+                params=cx.params,
+                nonzero_params=nonzero,
+                layers=layer_table(model, ckpt.masks),
+            )
+        )
+        models.append((model, shape))
+    if latency:
+        by_shape: dict[tuple, list[int]] = {}
+        for i, (_, shape) in enumerate(models):
+            by_shape.setdefault(shape, []).append(i)
+        for shape, idx in by_shape.items():  # same input: measured interleaved, side by side
+            lats = measure_latencies([models[i][0] for i in idx], shape, batch_size=batch_size, device=dev, repeats=latency_repeats)
+            for i, lat in zip(idx, lats):
+                reports[i] = replace(reports[i], latency_ms=lat.median_ms, latency_batch_size=lat.batch_size, memory_format=lat.memory_format)
+    return reports

@@ -1,0 +1,1 @@
+"""Measurements: MACs/params (ptflops), latency, per-layer widths and sparsity."""

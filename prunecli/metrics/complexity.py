@@ -1,0 +1,75 @@
+"""MACs and parameter counts through ptflops (pytorch backend).
+
+"MACs" in prunecli are multiply-accumulates of convolution, linear and attention
+layers -- the quantity the pruning papers tabulate (METHODS.md); BatchNorm, activation
+and pooling operations are left out so that the numbers compare with the papers'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+
+@dataclass(frozen=True)
+class Complexity:
+    macs: int
+    params: int
+
+
+def _ignored_module_types() -> list[type]:
+    from ptflops.pytorch_ops import MODULES_MAPPING
+
+    counted = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)
+    return [t for t in MODULES_MAPPING if not issubclass(t, counted)]
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_complexity(model: nn.Module, input_shape: tuple[int, ...]) -> Complexity:
+    """MACs for one input of ``input_shape`` (C, H, W) and the parameter count.
+
+    The model is counted on the CPU in eval mode on a copy-free basis: its training
+    flag and device are restored afterwards.
+    """
+    import ptflops
+
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+
+    def constructor(shape):
+        return {"x": torch.zeros(1, *shape, device=device)}
+
+    # ptflops prints its own warnings to stdout; stdout belongs to the caller (paths/JSON).
+    with contextlib.redirect_stdout(io.StringIO()):
+        macs, _ = ptflops.get_model_complexity_info(
+            _PositionalWrapper(model),
+            tuple(input_shape),
+            as_strings=False,
+            print_per_layer_stat=False,
+            input_constructor=constructor,
+            backend="pytorch",
+            ignore_modules=_ignored_module_types(),
+            backend_specific_config={"count_functional": False},
+        )
+    model.train(was_training)
+    return Complexity(macs=int(macs or 0), params=count_params(model))
+
+
+class _PositionalWrapper(nn.Module):
+    """ptflops calls ``model(**constructor(shape))``; models take one positional input."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)

@@ -1,0 +1,1 @@
+"""Masks, dependency groups, physical compression and the equivalence check."""

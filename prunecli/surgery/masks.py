@@ -1,0 +1,41 @@
+"""Masks: parameter name -> bool tensor of the parameter's shape (True = kept).
+
+A masked model keeps its shapes; pruned entries are exactly zero and stay zero through
+fine-tuning because `enforce` runs after every optimizer step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prunecli.errors import CheckpointError
+
+
+class MaskEnforcer:
+    """Zeroes the masked entries of a model's parameters (call after each optimizer step)."""
+
+    def __init__(self, model: torch.nn.Module, masks: dict[str, torch.Tensor], *, where: str = "checkpoint"):
+        params = dict(model.named_parameters())
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for name, mask in masks.items():
+            if name not in params:
+                raise CheckpointError(f"{where}: mask for {name!r}, which the model does not have")
+            p = params[name]
+            if tuple(mask.shape) != tuple(p.shape):
+                raise CheckpointError(
+                    f"{where}: mask for {name!r} has shape {tuple(mask.shape)}, the parameter {tuple(p.shape)}"
+                )
+            self.pairs.append((p, mask.to(device=p.device, dtype=p.dtype)))
+
+    def __bool__(self) -> bool:
+        return bool(self.pairs)
+
+    @torch.no_grad()
+    def enforce(self) -> None:
+        for p, m in self.pairs:
+            p.mul_(m)
+
+
+def masks_to_device(enforcer: MaskEnforcer, model: torch.nn.Module) -> None:
+    """Re-bind the masks after the model moved (parameters are the same objects, tensors moved)."""
+    enforcer.pairs = [(p, m.to(device=p.device, dtype=p.dtype)) for p, m in enforcer.pairs]
