@@ -20,7 +20,10 @@ def console():
 
     con = Console(stderr=True, highlight=False, quiet=not is_main_process())
     if not con.is_terminal:
-        con.soft_wrap = True  # logs and CI: one log line per line, never wrapped at 80 columns
+        # logs, pipes and CI: one log line per line, tables not squeezed into 80 columns
+        con.soft_wrap = True
+        if "COLUMNS" not in os.environ:
+            con.width = 160
     return con
 
 

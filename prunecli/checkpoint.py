@@ -25,6 +25,7 @@ import hashlib
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,14 +82,18 @@ class Checkpoint:
 
 def to_plain(obj: Any) -> Any:
     """Convert options/metrics into types `weights_only` loading accepts (no Path, Enum, numpy)."""
-    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor)):
+    if obj is None or isinstance(obj, torch.Tensor):
         return obj
+    for base in (bool, int, float, str):  # exact base types: a str subclass (TorchVersion) is a pickled class
+        if isinstance(obj, base):
+            return base(obj)
     if isinstance(obj, enum.Enum):
         return to_plain(obj.value)
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, dict):
-        return {str(k): to_plain(v) for k, v in obj.items()}
+        # int keys stay int: optimizer state is keyed by parameter index
+        return {(k if type(k) in (int, str) else str(to_plain(k))): to_plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set)):
         return [to_plain(v) for v in obj]
     if hasattr(obj, "item") and callable(obj.item):  # numpy scalar
@@ -154,7 +159,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file, not a checkpoint")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols of foreign files
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
             raise CheckpointError(
@@ -162,13 +169,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                 "plain data (prunecli checkpoints never do; the file was not written by prunecli or was tampered with)"
             ) from None
         raise CheckpointError(f"{path}: not a prunecli checkpoint (unreadable pickle data)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if zipfile.is_zipfile(path) or "zip" in msg.lower() or isinstance(e, EOFError):
-            raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({msg})") from None
-        raise CheckpointError(f"{path}: not a prunecli checkpoint ({msg})") from None
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
+    except Exception as e:  # torch.load fails in many ways on foreign bytes (KeyError, RuntimeError, EOFError...)
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if zipfile.is_zipfile(path) or isinstance(e, EOFError) or "zip archive" in msg:
+            raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({msg})") from None
+        raise CheckpointError(f"{path}: not a prunecli checkpoint ({type(e).__name__}: {msg})") from None
     return _from_payload(payload, path)
 
 

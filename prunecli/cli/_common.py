@@ -215,6 +215,10 @@ def output_next_to(source: Path, tag: str, output: Optional[Path]) -> Path:
 
 
 def emit_path(path: Path) -> None:
+    from prunecli._console import is_main_process
+
+    if not is_main_process():  # under torchrun one path, from rank 0
+        return
     sys.stdout.write(f"{path}\n")
     sys.stdout.flush()
 

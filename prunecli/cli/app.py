@@ -79,7 +79,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         if debug:
             raise
         _error(e.format_message(), e.exit_code or 1)
-    except click_exc.Abort:
+    except typer.Abort:
         _error("aborted", 130)
     except PruneCliError as e:
         if debug:

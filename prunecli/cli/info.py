@@ -63,7 +63,8 @@ def _print_info(s: dict, table, show_layers: bool) -> None:
     from prunecli._console import console
 
     con = console()
-    t = Table(title=s["checkpoint"], title_justify="left", show_header=False, show_edge=False, pad_edge=False)
+    con.print(f"[bold]{s['checkpoint']}[/bold]")
+    t = Table(show_header=False, show_edge=False, pad_edge=False)
     t.add_column(style="bold")
     t.add_column()
     m = s["model"]
