@@ -231,10 +231,19 @@ def test_cifar_resnet_uses_named_option_a_shortcuts():
     y = shortcuts["layer2.0.shortcut"](x)
     assert y.shape == (1, 32, 4, 4)
     assert torch.equal(y[:, :16], x[:, :, ::2, ::2]) and not y[:, 16:].any()
-    # after pruning, the padding follows the input actually received and ``out_channels``
-    shortcut = ShortcutA(16, 32, stride=2)
-    shortcut.out_channels = 28
-    assert shortcut(torch.randn(1, 12, 8, 8)).shape == (1, 28, 4, 4)
+    # a pruned map: output j carries input source[j], -1 is a zero channel
+    shortcut = ShortcutA(4, 6, stride=2)
+    shortcut.source = torch.tensor([2, -1, 0, -1, 3, -1])
+    shortcut.refresh()
+    x = torch.randn(1, 4, 4, 4)
+    y = shortcut(x)
+    sub = x[:, :, ::2, ::2]
+    assert torch.equal(y[0, 0], sub[0, 2]) and torch.equal(y[0, 2], sub[0, 0]) and torch.equal(y[0, 4], sub[0, 3])
+    assert not y[0, [1, 3, 5]].any()
+    state = shortcut.state_dict()
+    fresh = ShortcutA(4, 6, stride=2)
+    fresh.load_state_dict(state)  # the map travels in the state dict and refreshes the gather
+    assert torch.equal(fresh(x), y)
 
 
 @pytest.mark.parametrize("name", ["vgg19", "preresnet164", "densenet40"])

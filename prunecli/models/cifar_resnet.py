@@ -30,10 +30,12 @@ from prunecli.models._registry import register_model
 class ShortcutA(nn.Module):
     """He et al.'s option-A shortcut: keep every ``stride``-th pixel, append zero channels.
 
-    Output channel i is input channel i for i < C_in, and zero after that (the zeros are
-    appended, not split around the input, so surviving channels keep their indices). The
-    padding is computed from the input actually received and ``out_channels``, so pruning
-    code that removes coupled residual channels only has to update ``out_channels``.
+    Parameter-free. ``source[j]`` names the input channel that output channel j carries, or
+    -1 for a zero channel; as built, output channel i is input channel i for i < C_in and
+    zero after that. Pruning (prunecli.surgery.custom.ShortcutAPruner) edits the map: an
+    input channel removed upstream turns its output into a zero channel, and removing
+    output channels drops their entries. Input and output channels are therefore pruned
+    independently, one residual group per stage, as the papers count them.
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int):
@@ -43,11 +45,33 @@ class ShortcutA(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.stride = stride
+        source = torch.cat([torch.arange(in_channels), torch.full((out_channels - in_channels,), -1)])
+        self.register_buffer("source", source.to(torch.int64))
+        self.register_buffer("_gather", torch.empty(0, dtype=torch.int64), persistent=False)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recompute the forward's fast-path flag and gather index from ``source``."""
+        src = self.source
+        prefix = torch.arange(self.in_channels, device=src.device)
+        self._is_prefix = bool(
+            src.numel() == self.out_channels
+            and torch.equal(src[: self.in_channels], prefix)
+            and bool((src[self.in_channels :] == -1).all())
+        )
+        # the zero channel is appended as input channel C_in by the forward's padding
+        self._gather = torch.where(src >= 0, src, torch.full_like(src, self.in_channels))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.refresh()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
             x = x[:, :, :: self.stride, :: self.stride]
-        return F.pad(x, (0, 0, 0, 0, 0, self.out_channels - x.shape[1]))
+        if self._is_prefix:
+            return F.pad(x, (0, 0, 0, 0, 0, self.out_channels - x.shape[1]))
+        return torch.index_select(F.pad(x, (0, 0, 0, 0, 0, 1)), 1, self._gather)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"

@@ -1,0 +1,55 @@
+"""Torch-Pruning pruners for prunecli's own parameter-free layers.
+
+Torch-Pruning treats a module it does not know as element-wise (output channel c is
+input channel c). That is wrong for the option-A shortcut, which appends zero channels:
+without a pruner of its own, pruning a CIFAR ResNet's residual channels leaves shapes
+that do not add up (27 vs 32 channels). `ShortcutAPruner` prunes its inputs and outputs
+independently and keeps the channel map exact.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch_pruning as tp
+
+from prunecli.models.cifar_resnet import ShortcutA
+
+
+class ShortcutAPruner(tp.pruner.function.BasePruningFunc):
+    TARGET_MODULES = (ShortcutA,)
+
+    def prune_out_channels(self, layer: ShortcutA, idxs: Sequence[int]) -> ShortcutA:
+        drop = set(int(i) for i in idxs)
+        keep = [j for j in range(layer.out_channels) if j not in drop]
+        layer.source = layer.source[torch.tensor(keep, dtype=torch.long, device=layer.source.device)]
+        layer.out_channels = len(keep)
+        layer.refresh()
+        return layer
+
+    def prune_in_channels(self, layer: ShortcutA, idxs: Sequence[int]) -> ShortcutA:
+        drop = set(int(i) for i in idxs)
+        # new index of every old input channel; a removed input becomes a zero output (-1)
+        new_index, n = [], 0
+        for i in range(layer.in_channels):
+            if i in drop:
+                new_index.append(-1)
+            else:
+                new_index.append(n)
+                n += 1
+        mapping = torch.tensor(new_index + [-1], dtype=torch.long, device=layer.source.device)
+        src = layer.source
+        layer.source = torch.where(src >= 0, mapping[src.clamp(min=0)], src)
+        layer.in_channels = n
+        layer.refresh()
+        return layer
+
+    def get_out_channels(self, layer: ShortcutA) -> int:
+        return layer.out_channels
+
+    def get_in_channels(self, layer: ShortcutA) -> int:
+        return layer.in_channels
+
+
+CUSTOM_PRUNERS = {ShortcutA: ShortcutAPruner()}

@@ -1,0 +1,185 @@
+"""Dependency groups from Torch-Pruning: the units prunecli scores, masks and removes.
+
+A `Unit` is one Torch-Pruning group rooted at the output channels of a conv or linear
+layer: removing channel c of a unit removes it from every coupled layer at once (the
+producers' filters, their BatchNorm scale and shift, the consumers' input channels,
+residual adds, concatenations and depthwise convs). Units are listed in module order.
+
+Building the graph traces the model once. Tracing failures become one-line errors that
+name the model, and a trace that takes longer than `TRACE_TIMEOUT_S` (Torch-Pruning hangs
+on Swin / MaxViT) is stopped with a message instead of hanging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.nn as nn
+
+from prunecli.errors import PruneCliError
+
+TRACE_TIMEOUT_S = 120
+
+
+@dataclass
+class Producer:
+    """A layer whose output channels a unit removes: local filter index -> unit channel."""
+
+    name: str
+    module: nn.Module
+    local_idxs: torch.Tensor  # indices into the module's output channels
+    root_idxs: torch.Tensor  # the unit's channel index of each local index
+
+
+@dataclass
+class Unit:
+    index: int  # 1-based, module order of the root
+    root: str  # module name of the root layer
+    channels: int
+    producers: list[Producer]  # conv/linear layers whose outputs these channels are
+    norms: list[Producer]  # BatchNorm (and other normalisation) layers on these channels
+    members: list[str]  # every named module the unit touches
+    layer_ids: list[int]  # 1-based conv/linear ids of the producers (Li et al.'s numbering)
+    group: Any = field(repr=False, default=None)  # the Torch-Pruning group, full indices
+
+    @property
+    def producer_names(self) -> list[str]:
+        return [p.name for p in self.producers]
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, what: str) -> Iterator[None]:
+    """Raise PruneCliError if the block runs longer than ``seconds`` (main thread, Unix)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise PruneCliError(f"{what} did not finish within {seconds:.0f}s (Torch-Pruning hangs on some architectures, e.g. Swin and MaxViT)")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def build_graph(model: nn.Module, example_input: torch.Tensor, *, name: str = "model"):
+    """Trace ``model`` into a Torch-Pruning DependencyGraph with prunecli's custom pruners."""
+    import torch_pruning as tp
+
+    from prunecli.surgery.custom import CUSTOM_PRUNERS
+
+    was_training = model.training
+    try:
+        with deadline(TRACE_TIMEOUT_S, f"tracing {name} for its dependency graph"), torch.enable_grad():
+            graph = tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_input, customized_pruners=dict(CUSTOM_PRUNERS), verbose=False
+            )
+    except PruneCliError:
+        raise
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise PruneCliError(f"Torch-Pruning cannot trace {name}: {type(e).__name__}: {msg}") from None
+    finally:
+        model.train(was_training)  # build_dependency leaves the model in eval mode
+    graph._prunecli_names = {m: n for n, m in model.named_modules()}
+    return graph
+
+
+def conv_linear_ids(model: nn.Module) -> dict[str, int]:
+    """1-based ids of conv/linear layers in module order (stem = 1), as Li et al. number them."""
+    ids, i = {}, 0
+    for n, m in model.named_modules():
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+            i += 1
+            ids[n] = i
+    return ids
+
+
+_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def units(model: nn.Module, graph, *, name: str = "model") -> list[Unit]:
+    """Every prunable group rooted at conv/linear output channels, in module order."""
+    names = graph._prunecli_names
+    ids = conv_linear_ids(model)
+    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    found: list[Unit] = []
+    try:
+        with deadline(TRACE_TIMEOUT_S, f"listing the pruning groups of {name}"):
+            groups = list(graph.get_all_groups(root_module_types=(nn.modules.conv._ConvNd, nn.Linear)))
+    except PruneCliError:
+        raise
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise PruneCliError(f"Torch-Pruning cannot group the layers of {name}: {type(e).__name__}: {msg}") from None
+    for group in groups:
+        producers, norms, members = [], [], []
+        for item in group.items:
+            dep = item.dep
+            module = dep.target.module
+            mname = names.get(module)
+            if mname is None:
+                continue  # an element-wise op of the trace, not a module
+            if mname not in members:
+                members.append(mname)
+            if not graph.is_out_channel_pruning_fn(dep.handler):
+                continue
+            view = Producer(
+                name=mname,
+                module=module,
+                local_idxs=torch.as_tensor([int(i) for i in item.idxs], dtype=torch.long),
+                root_idxs=torch.as_tensor([int(i) for i in item.root_idxs], dtype=torch.long),
+            )
+            if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+                producers.append(view)
+            elif isinstance(module, _NORM_TYPES):
+                norms.append(view)
+        if not producers:
+            continue
+        producers.sort(key=lambda p: order.get(p.name, 0))
+        root = producers[0].name
+        found.append(
+            Unit(
+                index=0,
+                root=root,
+                channels=len(group.items[0].idxs),
+                producers=producers,
+                norms=norms,
+                members=members,
+                layer_ids=sorted(ids[p.name] for p in producers if p.name in ids),
+                group=group,
+            )
+        )
+    found.sort(key=lambda u: order.get(u.root, 0))
+    for i, u in enumerate(found, start=1):
+        u.index = i
+    return found
+
+
+def output_layer(model: nn.Module, example_input: torch.Tensor) -> Optional[str]:
+    """The conv/linear layer that runs last in the forward pass (the classifier's output)."""
+    seen: list[str] = []
+    hooks = [
+        m.register_forward_hook(lambda mod, inp, out, n=n: seen.append(n))
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+    ]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return seen[-1] if seen else None
