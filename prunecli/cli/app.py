@@ -9,10 +9,12 @@ from typing import Annotated, Optional
 import typer
 
 from prunecli import __version__
+from prunecli.cli.compress import compress
 from prunecli.cli.evaluate import evaluate
 from prunecli.cli.finetune import finetune
 from prunecli.cli.info import info
 from prunecli.cli.list_ import list_
+from prunecli.cli.prune import prune
 from prunecli.cli.train import train
 
 app = typer.Typer(
@@ -45,6 +47,8 @@ def _root(
 
 
 app.command("train")(train)
+app.command("prune")(prune)
+app.command("compress")(compress)
 app.command("finetune")(finetune)
 app.command("evaluate")(evaluate)
 app.command("info")(info)

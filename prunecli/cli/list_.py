@@ -1,4 +1,4 @@
-"""`prunecli list models|datasets`."""
+"""`prunecli list models|datasets|methods`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from prunecli.cli._common import ConfigOpt, JsonOpt, emit_json
 class What(str, enum.Enum):
     models = "models"
     datasets = "datasets"
+    methods = "methods"
 
 
 def list_(
@@ -20,17 +21,21 @@ def list_(
     json: JsonOpt = False,
     config: ConfigOpt = None,
 ) -> None:
-    """List the registered models or datasets with a one-line description each."""
+    """List the registered models, datasets or pruning methods with a one-line description each."""
     if what is What.models:
         from prunecli.models import list_models, model_description
 
         rows = [(n, model_description(n)) for n in list_models()]
         rows.append(("tv:NAME", "any torchvision classification model, e.g. tv:resnet50 (weights=None unless --model-arg weights=...)"))
         rows.append(("FILE.py:FACTORY", "your own model: a function returning an nn.Module (also pkg.module:factory)"))
-    else:
+    elif what is What.datasets:
         from prunecli.data import dataset_description, list_datasets
 
         rows = [(n, dataset_description(n)) for n in list_datasets()]
+    else:
+        from prunecli.methods import list_methods, method_description
+
+        rows = [(n, method_description(n)) for n in list_methods()]
     if json:
         emit_json([{"name": n, "description": d} for n, d in rows])
         return

@@ -17,6 +17,8 @@ Contract (units are Torch-Pruning dependency groups, see prunecli.surgery.graph.
 * ``global_normalizer`` -- how channel scores of one unit are made comparable with other
   units' for ``--scope global``: "mean" (divide by the unit's mean score), "lamp", or None
   (raw scores already comparable, e.g. BatchNorm scales).
+* ``weight_global_normalizer`` -- the same for weight scores of different layers; None by
+  default (one global magnitude threshold, as in Han et al.).
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class Criterion:
     granularities: tuple[str, ...] = ("channel",)
     needs_data: bool = False
     global_normalizer: Optional[str] = "mean"
+    weight_global_normalizer: Optional[str] = None
 
     def prepare(self, model, units, ctx: ScoringContext) -> None:
         pass

@@ -36,7 +36,14 @@ class ShortcutA(nn.Module):
     input channel removed upstream turns its output into a zero channel, and removing
     output channels drops their entries. Input and output channels are therefore pruned
     independently, one residual group per stage, as the papers count them.
+
+    ``gate`` (a buffer of ones, one per output channel) lets a *mask* silence an output
+    channel that still carries an input: a masked model whose stage-2 residual channel j
+    is pruned must not pass stage-1's channel into it, or it would not compute what the
+    compressed model computes.
     """
+
+    maskable_buffers = ("gate",)
 
     def __init__(self, in_channels: int, out_channels: int, stride: int):
         super().__init__()
@@ -47,6 +54,7 @@ class ShortcutA(nn.Module):
         self.stride = stride
         source = torch.cat([torch.arange(in_channels), torch.full((out_channels - in_channels,), -1)])
         self.register_buffer("source", source.to(torch.int64))
+        self.register_buffer("gate", torch.ones(out_channels))
         self.register_buffer("_gather", torch.empty(0, dtype=torch.int64), persistent=False)
         self.refresh()
 
@@ -66,12 +74,18 @@ class ShortcutA(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.refresh()
 
+    def channel_alive(self, local: torch.Tensor) -> torch.Tensor:
+        """For output channels ``local``: does the channel carry data (an input, not masked)?"""
+        return ((self.source[local] >= 0) & (self.gate[local] != 0)).cpu()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
             x = x[:, :, :: self.stride, :: self.stride]
         if self._is_prefix:
-            return F.pad(x, (0, 0, 0, 0, 0, self.out_channels - x.shape[1]))
-        return torch.index_select(F.pad(x, (0, 0, 0, 0, 0, 1)), 1, self._gather)
+            out = F.pad(x, (0, 0, 0, 0, 0, self.out_channels - x.shape[1]))
+        else:
+            out = torch.index_select(F.pad(x, (0, 0, 0, 0, 0, 1)), 1, self._gather)
+        return out * self.gate.view(1, -1, 1, 1).to(out.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"

@@ -23,7 +23,9 @@ class ShortcutAPruner(tp.pruner.function.BasePruningFunc):
     def prune_out_channels(self, layer: ShortcutA, idxs: Sequence[int]) -> ShortcutA:
         drop = set(int(i) for i in idxs)
         keep = [j for j in range(layer.out_channels) if j not in drop]
-        layer.source = layer.source[torch.tensor(keep, dtype=torch.long, device=layer.source.device)]
+        index = torch.tensor(keep, dtype=torch.long, device=layer.source.device)
+        layer.source = layer.source[index]
+        layer.gate = layer.gate[index]
         layer.out_channels = len(keep)
         layer.refresh()
         return layer

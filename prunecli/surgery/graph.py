@@ -26,7 +26,7 @@ from prunecli.errors import PruneCliError
 TRACE_TIMEOUT_S = 120
 
 
-@dataclass
+@dataclass(eq=False)  # holds tensors: compare by identity
 class Producer:
     """A layer whose output channels a unit removes: local filter index -> unit channel."""
 
@@ -36,15 +36,18 @@ class Producer:
     root_idxs: torch.Tensor  # the unit's channel index of each local index
 
 
-@dataclass
+@dataclass(eq=False)
 class Unit:
     index: int  # 1-based, module order of the root
-    root: str  # module name of the root layer
+    root: str  # module name of the first producer in module order (what tables show)
+    tp_root: str  # module name of Torch-Pruning's group root: channel indices are in its order
     channels: int
     producers: list[Producer]  # conv/linear layers whose outputs these channels are
     norms: list[Producer]  # BatchNorm (and other normalisation) layers on these channels
     members: list[str]  # every named module the unit touches
     layer_ids: list[int]  # 1-based conv/linear ids of the producers (Li et al.'s numbering)
+    others: list[str] = field(default_factory=list)  # other layers with parameters on these channels
+    passthrough: list[Producer] = field(default_factory=list)  # parameter-free layers that route data (ShortcutA)
     group: Any = field(repr=False, default=None)  # the Torch-Pruning group, full indices
 
     @property
@@ -122,7 +125,7 @@ def units(model: nn.Module, graph, *, name: str = "model") -> list[Unit]:
         msg = str(e).splitlines()[0] if str(e) else ""
         raise PruneCliError(f"Torch-Pruning cannot group the layers of {name}: {type(e).__name__}: {msg}") from None
     for group in groups:
-        producers, norms, members = [], [], []
+        producers, norms, members, others, passthrough = [], [], [], [], []
         for item in group.items:
             dep = item.dep
             module = dep.target.module
@@ -143,6 +146,10 @@ def units(model: nn.Module, graph, *, name: str = "model") -> list[Unit]:
                 producers.append(view)
             elif isinstance(module, _NORM_TYPES):
                 norms.append(view)
+            elif hasattr(module, "channel_alive"):
+                passthrough.append(view)
+            elif isinstance(module, nn.Module) and any(True for _ in module.parameters(recurse=False)):
+                others.append(mname)
         if not producers:
             continue
         producers.sort(key=lambda p: order.get(p.name, 0))
@@ -151,11 +158,14 @@ def units(model: nn.Module, graph, *, name: str = "model") -> list[Unit]:
             Unit(
                 index=0,
                 root=root,
+                tp_root=names[group.items[0].dep.target.module],
                 channels=len(group.items[0].idxs),
                 producers=producers,
                 norms=norms,
                 members=members,
                 layer_ids=sorted(ids[p.name] for p in producers if p.name in ids),
+                others=others,
+                passthrough=passthrough,
                 group=group,
             )
         )

@@ -1,0 +1,61 @@
+"""He et al., "Filter Pruning via Geometric Median for Deep Convolutional Neural Networks Acceleration", CVPR 2019, arXiv:1811.00250.
+
+A filter near the geometric median of its layer is the most replaceable one.
+
+Torch-Pruning's `FPGMImportance` measures distances between |w|^p instead of the raw
+filters, which merges filters of opposite sign; the distances here are on the raw weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from prunecli.errors import PruneCliError
+from prunecli.methods._registry import Criterion, lowest, register_method, scatter_to_unit
+from prunecli.methods.norm import filter_norms, producer_filters
+
+
+def distance_sums(unit, alive: torch.Tensor) -> torch.Tensor:
+    """sum_j ||F_i - F_j||_2 over each producer's alive filters, averaged over producers.
+
+    Channels that are not ``alive`` neither get a score (0) nor count in the others' sums.
+    """
+    sums, views = [], []
+    for p in unit.producers:
+        keep = alive[p.root_idxs]
+        f = producer_filters(p)[keep]
+        sums.append(torch.cdist(f, f).sum(1))
+        views.append(replace(p, local_idxs=p.local_idxs[keep], root_idxs=p.root_idxs[keep]))
+    return scatter_to_unit(unit, sums, views)
+
+
+@register_method("geomedian")
+class GeometricMedian(Criterion):
+    """He et al., "Filter Pruning via Geometric Median for Deep Convolutional Neural Networks Acceleration", CVPR 2019, arXiv:1811.00250.
+
+    Score of filter i = sum_j ||F_i - F_j||_2 over the layer's raw flattened filters; the
+    smallest sums (nearest the geometric median) are pruned. FPGM-mix (``ctx.mix_norm`` =
+    F in [0, 1]): round(F * n) channels with the smallest L2 filter norm go first, then the
+    rest by distance sums computed among the norm-surviving filters only, as the reference
+    does. Channel granularity only.
+    """
+
+    granularities = ("channel",)
+    global_normalizer = "mean"
+
+    def channel_scores(self, unit, ctx) -> torch.Tensor:
+        return distance_sums(unit, torch.ones(unit.channels, dtype=torch.bool))
+
+    def select_channels(self, unit, n_prune: int, ctx) -> torch.Tensor:
+        share = float(ctx.mix_norm)
+        if not 0.0 <= share <= 1.0:
+            raise PruneCliError(f"FPGM-mix norm share must be in [0, 1], got {share}")
+        n_norm = int(share * n_prune + 0.5)  # round half up; Python's round() is banker's
+        by_norm = lowest(filter_norms(unit, 2), n_norm)
+        alive = torch.ones(unit.channels, dtype=torch.bool)
+        alive[by_norm] = False
+        candidates = alive.nonzero().squeeze(1)
+        by_distance = candidates[lowest(distance_sums(unit, alive)[candidates], n_prune - n_norm)]
+        return torch.cat([by_norm, by_distance]).sort().values

@@ -1,0 +1,29 @@
+"""Han et al., "Learning both Weights and Connections for Efficient Neural Networks", NIPS 2015, arXiv:1506.02626.
+
+Unstructured magnitude pruning: a weight's score is |w|. It has no channel scores; the
+filter-level magnitude criteria are l1 and l2.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from prunecli.errors import PruneCliError
+from prunecli.methods._registry import Criterion, register_method
+
+
+@register_method("magnitude")
+class Magnitude(Criterion):
+    """Han et al., "Learning both Weights and Connections for Efficient Neural Networks", NIPS 2015, arXiv:1506.02626.
+
+    Weight score = |w|; weight granularity only (use l1 or l2 for filters).
+    """
+
+    granularities = ("weight",)
+    global_normalizer = None
+
+    def channel_scores(self, unit, ctx) -> torch.Tensor:
+        raise PruneCliError("magnitude scores single weights: use --granularity weight, or l1 / l2 for channels")
+
+    def weight_scores(self, name, param, ctx) -> torch.Tensor:
+        return param.detach().abs()

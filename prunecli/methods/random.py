@@ -1,0 +1,43 @@
+"""Random pruning, the baseline of Liu et al., "Rethinking the Value of Network Pruning", ICLR 2019, arXiv:1810.05270.
+
+Seeded and reproducible: each unit (or parameter) draws from its own torch.Generator seeded
+by a BLAKE2 digest of (seed, unit root name / parameter name), which is stable across runs
+and processes, unlike Python's salted hash(), and independent of the order of scoring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from prunecli.methods._registry import Criterion, register_method
+
+
+def stream_seed(seed: int, key: str) -> int:
+    """A 63-bit generator seed for (seed, key), the same in every process."""
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def uniform(seed: int, key: str, shape) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(stream_seed(seed, key))
+    return torch.rand(shape, generator=generator, dtype=torch.float64)
+
+
+@register_method("random")
+class Random(Criterion):
+    """Random channels or weights (baseline; see Liu et al., "Rethinking the Value of Network Pruning", ICLR 2019, arXiv:1810.05270).
+
+    Scores are uniform in [0, 1), drawn per unit (channel) or per parameter (weight) from a
+    stream seeded by ``ctx.seed`` and the unit's root / the parameter's name.
+    """
+
+    granularities = ("channel", "weight")
+    global_normalizer = None
+
+    def channel_scores(self, unit, ctx) -> torch.Tensor:
+        return uniform(ctx.seed, f"unit:{unit.root}", unit.channels)
+
+    def weight_scores(self, name, param, ctx) -> torch.Tensor:
+        return uniform(ctx.seed, f"param:{name}", param.shape).to(param.device)

@@ -1,0 +1,42 @@
+"""Liu et al., "Learning Efficient Convolutional Networks through Network Slimming", ICCV 2017, arXiv:1708.06519.
+
+The BatchNorm scale of a channel is its importance. Torch-Pruning's BNScaleImportance on a
+BatchNorm-only view of the group gives the same |gamma|; the formula is one line, so it is
+written out instead of building that view.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from prunecli.methods._registry import Criterion, register_method, scatter_to_unit
+
+
+def batchnorms(unit) -> list:
+    """The unit's affine BatchNorm layers (GroupNorm / LayerNorm scales are not the paper's)."""
+    return [n for n in unit.norms if isinstance(n.module, nn.modules.batchnorm._BatchNorm) and n.module.affine]
+
+
+@register_method("slimming")
+class NetworkSlimming(Criterion):
+    """Liu et al., "Learning Efficient Convolutional Networks through Network Slimming", ICCV 2017, arXiv:1708.06519.
+
+    Channel score = |gamma| of its BatchNorm, averaged over the unit's BatchNorms when a
+    residual add couples several. The paper trains with an L1 penalty on every gamma first
+    and then cuts with one global threshold on the raw |gamma|, hence no normaliser.
+    A unit without an affine BatchNorm (e.g. the classifier) has no gamma: channel_scores
+    returns None and the caller skips and reports that unit. Channel granularity only.
+    """
+
+    granularities = ("channel",)
+    global_normalizer = None
+
+    def channel_scores(self, unit, ctx) -> Optional[torch.Tensor]:
+        bns = batchnorms(unit)
+        if not bns:
+            return None
+        gammas = [bn.module.weight.detach().cpu()[bn.local_idxs].abs() for bn in bns]
+        return scatter_to_unit(unit, gammas, bns)

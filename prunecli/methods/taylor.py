@@ -1,0 +1,131 @@
+"""Molchanov et al., "Importance Estimation for Neural Network Pruning", CVPR 2019, arXiv:1906.10771.
+
+First-order Taylor importance from calibration batches. Torch-Pruning's TaylorImportance is
+not reused: it checks for GroupNorm's pruning function where BatchNorm's is meant, so the
+BatchNorm terms are silently dropped, and it sums |g*w| per weight rather than squaring the
+channel's summed g*w as the paper does.
+
+`gradient_pass`, `calibration_batches` and `per_channel_sum` are shared with hessian.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunecli.errors import PruneCliError
+from prunecli.methods._registry import Criterion, register_method
+from prunecli.methods.norm import output_filters
+
+
+@contextlib.contextmanager
+def gradient_pass(model) -> Iterator[list[tuple[str, torch.Tensor]]]:
+    """Eval mode and requires_grad on every parameter; both restored exactly afterwards.
+
+    Eval mode because we score the trained network as it will run: BatchNorm with its
+    running statistics (train mode would also overwrite them) and no dropout noise.
+    Gradients come from torch.autograd.grad, so no ``.grad`` is created or touched.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    named = list(model.named_parameters())
+    flags = [(p, p.requires_grad) for _, p in named]
+    model.eval()
+    try:
+        for _, p in named:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            yield named
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, training in modes:
+            m.training = training
+
+
+def calibration_batches(ctx, method: str):
+    if ctx.calibration is None:
+        raise PruneCliError(f"{method} needs calibration data (a dataset to compute gradients on)")
+    return ctx.calibration()
+
+
+def parameter_grads(model, named, inputs, labels) -> dict[str, torch.Tensor]:
+    """Gradient of the mean cross-entropy on (inputs, labels) for every named parameter."""
+    loss = F.cross_entropy(model(inputs), labels)
+    grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    # a parameter the forward pass never uses has no gradient: it cannot change the loss
+    return {n: torch.zeros_like(p) if g is None else g.detach() for (n, p), g in zip(named, grads)}
+
+
+def channel_parameters(unit) -> Iterator[tuple[str, torch.Tensor, object]]:
+    """(name, parameter, layer view) of every tensor removed with the unit's channels:
+    the producers' filters and biases and the norms' weights and biases."""
+    for view in [*unit.producers, *unit.norms]:
+        for attr in ("weight", "bias"):
+            param = getattr(view.module, attr, None)
+            if isinstance(param, torch.Tensor):  # affine-free norms and bias=False have None
+                yield f"{view.name}.{attr}", param, view
+
+
+def per_channel_sum(unit, values: Callable[[str, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Sum of ``values(name, param)`` (shaped like param) over each unit channel's entries."""
+    total = torch.zeros(unit.channels, dtype=torch.float64)
+    for name, param, view in channel_parameters(unit):
+        v = values(name, param.detach()).detach().cpu().double()
+        if v.dim() == 1:
+            rows = v.unsqueeze(1)
+        elif isinstance(view.module, (nn.modules.conv._ConvNd, nn.Linear)):
+            rows = output_filters(view.module, v)
+        else:
+            raise PruneCliError(f"cannot split the {tuple(v.shape)} parameter {name} by channel")
+        total.index_add_(0, view.root_idxs, rows[view.local_idxs].sum(1))
+    return total
+
+
+def stored(ctx, method: str) -> dict:
+    if method not in ctx.state:
+        raise PruneCliError(f"{method}: prepare() must run on calibration data before scoring")
+    return ctx.state[method]
+
+
+@register_method("taylor")
+class Taylor(Criterion):
+    """Molchanov et al., "Importance Estimation for Neural Network Pruning", CVPR 2019, arXiv:1906.10771.
+
+    Channel score = mean over calibration batches of (sum of g*w over the channel's
+    parameters)^2: the producers' filters and biases and the BatchNorm weight and bias.
+    Weight granularity: (g*w)^2 per weight, averaged over batches.
+    """
+
+    granularities = ("channel", "weight")
+    needs_data = True
+    global_normalizer = "mean"
+
+    def prepare(self, model, units, ctx) -> None:
+        channels = {u.root: torch.zeros(u.channels, dtype=torch.float64) for u in units}
+        weights: dict[str, torch.Tensor] = {}
+        batches = 0
+        with gradient_pass(model) as named:
+            for inputs, labels in calibration_batches(ctx, self.name):
+                grads = parameter_grads(model, named, inputs, labels)
+                for u in units:
+                    channels[u.root] += per_channel_sum(u, lambda n, p: grads[n] * p).pow(2)
+                for n, p in named:
+                    gw2 = (grads[n] * p.detach()).pow(2)
+                    weights[n] = weights[n] + gw2 if n in weights else gw2
+                batches += 1
+        if batches == 0:
+            raise PruneCliError(f"{self.name}: the calibration data is empty")
+        ctx.state[self.name] = {
+            "channels": {root: s / batches for root, s in channels.items()},
+            "weights": {n: s / batches for n, s in weights.items()},
+        }
+
+    def channel_scores(self, unit, ctx) -> torch.Tensor:
+        return stored(ctx, self.name)["channels"][unit.root]
+
+    def weight_scores(self, name, param, ctx) -> torch.Tensor:
+        return stored(ctx, self.name)["weights"][name]
