@@ -27,6 +27,7 @@ import pickle
 import tempfile
 import warnings
 import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -68,6 +69,8 @@ class Checkpoint:
             "model": to_plain(self.model.to_dict()),
             "structure": to_plain(self.structure),
             "state_dict": {k: v.detach().cpu().contiguous() for k, v in self.state_dict.items()},
+            # per-module state-dict versions (plain data); some layers need them to load
+            "state_dict_metadata": to_plain(dict(getattr(self.state_dict, "_metadata", None) or {})),
             "masks": {k: v.detach().cpu().to(torch.bool) for k, v in self.masks.items()},
             "dataset": to_plain(self.dataset.to_dict()) if self.dataset else None,
             "metrics": to_plain(self.metrics),
@@ -196,6 +199,10 @@ def _from_payload(payload: Any, path: Path) -> Checkpoint:
             raise TypeError("state_dict is not a dict of tensors")
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: damaged prunecli checkpoint ({e})") from None
+    meta = payload.get("state_dict_metadata")
+    if meta:
+        state_dict = OrderedDict(state_dict)
+        state_dict._metadata = OrderedDict(meta)
     return Checkpoint(
         model=model,
         state_dict=state_dict,

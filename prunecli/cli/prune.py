@@ -60,6 +60,7 @@ def prune(
     protect: Annotated[Protect, typer.Option("--protect", help="Never prune the output layer (output), the linear head (head), or nothing (none).", rich_help_panel=PANEL_WHERE)] = Protect.output,
     round_to: Annotated[int, typer.Option("--round-to", min=1, help="Keep channel counts multiples of N.", rich_help_panel=PANEL_WHERE)] = 1,
     max_layer_rate: Annotated[Optional[float], typer.Option("--max-layer-rate", help="Cap on any one layer's rate.", rich_help_panel=PANEL_WHERE)] = None,
+    compress: Annotated[bool, typer.Option("--compress", help="Remove the channels now and write a compressed checkpoint (needed where LayerNorm/GroupNorm normalise over pruned channels).", rich_help_panel=PANEL_WHAT)] = False,
     dataset: DatasetOpt = None,
     data: DataDirOpt = None,
     calib_batches: Annotated[int, typer.Option("--calib-batches", min=1, help="Calibration batches for data-driven criteria (taylor, hessian).", rich_help_panel=PANEL_DATA)] = 8,
@@ -76,13 +77,12 @@ def prune(
     The mask zeroes whole dependency groups (a channel in every coupled layer), so the
     masked model computes what `prunecli compress` will produce.
     """
-    from prunecli.cli._common import parse_int_list  # noqa: F401  (kept for symmetry)
     from prunecli.errors import UsageError
     from prunecli.surgery.plan import Selection, parse_layer_rate
     from prunecli.surgery.prune import PruneConfig, prune_checkpoint
 
     source = input_checkpoint(checkpoint)
-    out = output_next_to(source, "pruned", output)
+    out = output_next_to(source, "compressed" if compress else "pruned", output)
     try:
         rates = [float(v) for v in layer_rates.replace(" ", "").split(",") if v] if layer_rates else []
     except ValueError:
@@ -110,6 +110,7 @@ def prune(
         batch_size=batch_size,
         device=device,
         workers=workers,
+        compress=compress,
     )
     options = resolved_options(ctx)
     options["checkpoint"] = str(source)
@@ -124,10 +125,10 @@ def _print_report(r) -> None:
     from prunecli._console import console
 
     con = console()
-    table = Table(title=f"prune: {r.method} ({r.granularity})", title_justify="left", show_edge=False, pad_edge=False)
+    title = f"prune: {r.method} ({r.granularity}{', compressed' if r.compressed else ''})"
+    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
     for col, just in (("layer", "left"), ("before", "right"), ("after", "right"), ("removed", "right"), ("", "left")):
         table.add_column(col, justify=just)
-    unit = "channels" if r.granularity == "channel" else "weights"
     for row in r.rows:
         removed = f"{1 - row.after / row.before:.0%}" if row.before and row.status == "prune" else row.status
         table.add_row(row.name, f"{row.before:,}", f"{row.after:,}", removed, row.note)
@@ -135,10 +136,13 @@ def _print_report(r) -> None:
     if r.granularity == "channel":
         red = 1 - r.macs_after / r.macs_before if r.macs_before else 0
         con.print(
-            f"after compress: MACs {human(r.macs_before)} -> {human(r.macs_after)} (-{red:.1%}), "
+            f"{'compressed' if r.compressed else 'after compress'}: MACs {human(r.macs_before)} -> {human(r.macs_after)} (-{red:.1%}), "
             f"params {human(r.params_before)} -> {human(r.params_after)} (-{1 - r.params_after / r.params_before:.1%})"
             + (f"; base rate {r.rate_used:g}" if r.rate_used is not None else "")
         )
-    con.print(f"{r.weights_masked:,} {('weights' if unit else unit)} zeroed by masks")
+    if not r.compressed:
+        con.print(f"{r.weights_masked:,} parameter entries zeroed by masks")
+    elif r.max_abs_diff is not None:
+        con.print(f"max |masked - compressed| on the probe batch: {r.max_abs_diff:.2e}")
     for note in r.notes:
         con.print(f"note: {note}")

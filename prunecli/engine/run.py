@@ -375,8 +375,7 @@ def _checkpoint(template, model, cfg, stage, options, epoch, optimizer, schedule
         "best": best,
         "last_eval": vars(ev) if ev is not None else None,
     }
-    state_dict = {k: v for k, v in model.state_dict().items()}
-    return replace(template, state_dict=state_dict, metrics=metrics, resume=resume_state)
+    return replace(template, state_dict=model.state_dict(), metrics=metrics, resume=resume_state)
 
 
 def _write_config(path: Path, stage: str, options: dict[str, Any]) -> None:

@@ -26,13 +26,11 @@ from prunecli.metrics.complexity import count_complexity
 from prunecli.metrics.latency import measure_latencies
 from prunecli.surgery.graph import Unit, build_graph, units
 from prunecli.surgery.plan import UnitPlan
+from prunecli.surgery.equivalence import difference, outputs, probe_batch
 from prunecli.surgery.masks import apply_masks
-from prunecli.surgery.prune import apply_plan
+from prunecli.surgery.prune import apply_plan, check_runs
 from prunecli.surgery.tracking import prune_tracking_entries
 
-PROBE_BATCH = 8
-# outputs may differ by float rounding only (sums in another order): relative to the output scale
-REL_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -111,9 +109,8 @@ def compress_checkpoint(
     example = torch.zeros(1, spec.in_channels, spec.image_size, spec.image_size)
     shape = tuple(example.shape[1:])
     reference = copy.deepcopy(model)
-    probe = torch.randn(PROBE_BATCH, *shape, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected = reference(probe)
+    probe = probe_batch(spec)
+    expected = outputs(reference, probe)
 
     graph = build_graph(model, example, name=spec.name)
     plans: list[UnitPlan] = []
@@ -126,20 +123,19 @@ def compress_checkpoint(
         if len(dead):
             plans.append(UnitPlan(u, "prune", prune=dead))
     if not plans:
-        raise PruneCliError(f"{source}: no channel is entirely zero, nothing to remove (prune it first: prunecli prune {source} --method l1 --rate 0.5)")
+        hint = "" if ckpt.masks else f" (prune first, e.g. prunecli prune {source} --method l1 --rate 0.5)"
+        notes.append(f"no channel is entirely zero: nothing removed{hint}")
 
     kept = prune_tracking_entries(model, lambda m: apply_plan(m, graph, plans))
+    check_runs(model, example, spec.name)
     masks = {}
     for name, mask in ckpt.masks.items():
         new = mask.flatten()[kept[name].flatten()].view(kept[name].shape)
         if not bool(new.all()):
             masks[name] = new
-    with torch.no_grad():
-        got = model(probe)
-    diff = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
-    scale = max(1.0, float(expected.abs().max()))
-    if not diff <= REL_TOLERANCE * scale:
-        culprit = _locate(reference, spec, example, probe, expected, plans, scale)
+    diff, same = difference(expected, outputs(model, probe))
+    if not same:
+        culprit = _locate(reference, spec, example, probe, expected, plans)
         raise PruneCliError(
             f"{source}: the compressed model differs from the masked one (max |diff| {diff:.3g}) after removing "
             f"channels of the group at {culprit}; the masks do not describe a removable structure there; nothing written"
@@ -187,7 +183,7 @@ def compress_checkpoint(
     )
 
 
-def _locate(reference, spec, example, probe, expected, plans, scale) -> str:
+def _locate(reference, spec, example, probe, expected, plans) -> str:
     """Remove the groups one at a time on a fresh copy; name the first that breaks equality."""
     work = copy.deepcopy(reference)
     graph = build_graph(work, example, name=spec.name)
@@ -197,8 +193,6 @@ def _locate(reference, spec, example, probe, expected, plans, scale) -> str:
         if u is None:
             continue
         apply_plan(work, graph, [UnitPlan(u, "prune", prune=p.prune)])
-        with torch.no_grad():
-            out = work(probe)
-        if out.shape != expected.shape or float((out - expected).abs().max()) > REL_TOLERANCE * scale:
+        if not difference(expected, outputs(work, probe))[1]:
             return f"{u.root} (coupled: {', '.join(u.members[:6])}{' ...' if len(u.members) > 6 else ''})"
     return "an unidentified group"

@@ -1,4 +1,4 @@
-"""Torch-Pruning pruners for prunecli's own parameter-free layers.
+"""Torch-Pruning pruners for prunecli's own parameter-free layers, and post-pruning fix-ups.
 
 Torch-Pruning treats a module it does not know as element-wise (output channel c is
 input channel c). That is wrong for the option-A shortcut, which appends zero channels:
@@ -55,3 +55,24 @@ class ShortcutAPruner(tp.pruner.function.BasePruningFunc):
 
 
 CUSTOM_PRUNERS = {ShortcutA: ShortcutAPruner()}
+
+
+# ---------------------------------------------------------------------------- fix-ups
+# Some architectures keep a channel count in a plain attribute that Torch-Pruning cannot
+# see (METHODS.md: torchvision's ViT reshapes with ``self.hidden_dim``). After any change
+# of structure (prune, compress, replaying a checkpoint's history) these are set again
+# from the layers themselves.
+
+
+def _fix_vision_transformer(model) -> None:
+    model.hidden_dim = model.conv_proj.out_channels
+
+
+def after_structure_change(model: torch.nn.Module) -> None:
+    try:
+        from torchvision.models.vision_transformer import VisionTransformer
+    except ImportError:  # pragma: no cover
+        return
+    for m in model.modules():
+        if isinstance(m, VisionTransformer):
+            _fix_vision_transformer(m)

@@ -13,6 +13,7 @@ on Swin / MaxViT) is stopped with a message instead of hanging.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -23,7 +24,15 @@ import torch.nn as nn
 
 from prunecli.errors import PruneCliError
 
-TRACE_TIMEOUT_S = 120
+# what a user should know when Torch-Pruning fails on a model family (METHODS.md)
+_KNOWN_LIMITS = {
+    "shufflenet": (
+        " (a known Torch-Pruning 1.6.1 limitation: its index mapping fails on ShuffleNetV2's channel shuffle,"
+        " a view + transpose of the channels; channels cannot be removed, weight-level masks still work)"
+    ),
+}
+
+TRACE_TIMEOUT_S = 60  # a trace of ResNet-50 takes 0.1 s; Swin never finishes
 
 
 @dataclass(eq=False)  # holds tensors: compare by identity
@@ -48,6 +57,17 @@ class Unit:
     layer_ids: list[int]  # 1-based conv/linear ids of the producers (Li et al.'s numbering)
     others: list[str] = field(default_factory=list)  # other layers with parameters on these channels
     passthrough: list[Producer] = field(default_factory=list)  # parameter-free layers that route data (ShortcutA)
+    # grouped convolutions (ResNeXt, RegNet) need the same positions removed in every
+    # group: positions[c] is channel c's position within its conv group, `conv_groups`
+    # the number of groups (1 when no grouped conv touches these channels)
+    positions: Optional[torch.Tensor] = None
+    conv_groups: int = 1
+    unprunable: str = ""  # why these channels cannot be removed at all (empty: they can)
+    # layers whose statistics span these channels (LayerNorm, GroupNorm): zeroing a channel
+    # changes their mean/variance, so a mask cannot stand for removing it
+    stat_norms: list[str] = field(default_factory=list)
+    # kept channel counts must be a multiple of this (attention heads share the channels)
+    multiple: int = 1
     group: Any = field(repr=False, default=None)  # the Torch-Pruning group, full indices
 
     @property
@@ -90,7 +110,8 @@ def build_graph(model: nn.Module, example_input: torch.Tensor, *, name: str = "m
         raise
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else ""
-        raise PruneCliError(f"Torch-Pruning cannot trace {name}: {type(e).__name__}: {msg}") from None
+        hint = next((h for key, h in _KNOWN_LIMITS.items() if key in name.lower()), "")
+        raise PruneCliError(f"Torch-Pruning cannot trace {name}: {type(e).__name__}: {msg}{hint}") from None
     finally:
         model.train(was_training)  # build_dependency leaves the model in eval mode
     graph._prunecli_names = {m: n for n, m in model.named_modules()}
@@ -125,7 +146,8 @@ def units(model: nn.Module, graph, *, name: str = "model") -> list[Unit]:
         msg = str(e).splitlines()[0] if str(e) else ""
         raise PruneCliError(f"Torch-Pruning cannot group the layers of {name}: {type(e).__name__}: {msg}") from None
     for group in groups:
-        producers, norms, members, others, passthrough = [], [], [], [], []
+        producers, norms, members, others, passthrough, stat_norms = [], [], [], [], [], []
+        multiple = 1
         for item in group.items:
             dep = item.dep
             module = dep.target.module
@@ -146,12 +168,17 @@ def units(model: nn.Module, graph, *, name: str = "model") -> list[Unit]:
                 producers.append(view)
             elif isinstance(module, _NORM_TYPES):
                 norms.append(view)
+                if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) and mname not in stat_norms:
+                    stat_norms.append(mname)
+            elif isinstance(module, nn.MultiheadAttention):
+                multiple = math.lcm(multiple, module.num_heads)
             elif hasattr(module, "channel_alive"):
                 passthrough.append(view)
             elif isinstance(module, nn.Module) and any(True for _ in module.parameters(recurse=False)):
                 others.append(mname)
         if not producers:
             continue
+        positions, conv_groups, unprunable = _group_positions(group, names, len(group.items[0].idxs))
         producers.sort(key=lambda p: order.get(p.name, 0))
         root = producers[0].name
         found.append(
@@ -166,6 +193,11 @@ def units(model: nn.Module, graph, *, name: str = "model") -> list[Unit]:
                 layer_ids=sorted(ids[p.name] for p in producers if p.name in ids),
                 others=others,
                 passthrough=passthrough,
+                positions=positions,
+                conv_groups=conv_groups,
+                unprunable=unprunable,
+                stat_norms=stat_norms,
+                multiple=multiple,
                 group=group,
             )
         )
@@ -173,6 +205,30 @@ def units(model: nn.Module, graph, *, name: str = "model") -> list[Unit]:
     for i, u in enumerate(found, start=1):
         u.index = i
     return found
+
+
+def _group_positions(group, names, channels: int):
+    """Channel positions inside grouped convolutions of this group (see Unit.positions)."""
+    positions: Optional[torch.Tensor] = None
+    conv_groups = 1
+    for item in group.items:
+        module = item.dep.target.module
+        if not isinstance(module, nn.modules.conv._ConvNd) or module.groups == 1:
+            continue
+        if module.groups == module.in_channels == module.out_channels:
+            continue  # depthwise: every channel is its own group, any subset works
+        local = torch.as_tensor([int(i) for i in item.idxs], dtype=torch.long)
+        root = torch.as_tensor([int(i) for i in item.root_idxs], dtype=torch.long)
+        width = (module.in_channels if item.dep.handler.__name__ == "prune_in_channels" else module.out_channels)
+        per_group = width // module.groups
+        pos = torch.full((channels,), -1, dtype=torch.long)
+        pos[root] = local % per_group
+        if (pos < 0).any() or len(set(pos.tolist())) * module.groups != channels:
+            return None, 1, f"grouped conv {names.get(module, '?')} spans these channels unevenly"
+        if positions is not None and not torch.equal(positions, pos):
+            return None, 1, f"two grouped convs order these channels differently ({names.get(module, '?')})"
+        positions, conv_groups = pos, module.groups
+    return positions, conv_groups, ""
 
 
 def output_layer(model: nn.Module, example_input: torch.Tensor) -> Optional[str]:

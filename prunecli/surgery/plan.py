@@ -110,6 +110,9 @@ def resolve(units, sel: Selection, *, output_layer: Optional[str], linear_layers
     plans: list[UnitPlan] = []
     position = 0
     for u in units:
+        if getattr(u, "unprunable", ""):
+            plans.append(UnitPlan(u, "unprunable", reason=u.unprunable))
+            continue
         if sel.protect != "none" and output_layer in u.producer_names:
             plans.append(UnitPlan(u, "protected", reason="output layer"))
             continue
@@ -144,14 +147,38 @@ def kept_count(channels: int, rate: float, round_to: int, where: str) -> int:
     return keep
 
 
-def select_layerwise(plans: list[UnitPlan], pick, sel: Selection) -> None:
-    """``pick(unit, n) -> indices``: the criterion's choice of n channels to remove."""
+def position_scores(unit, scores: torch.Tensor) -> torch.Tensor:
+    """Mean score of each position of a grouped unit (positions shared by all conv groups)."""
+    pos = unit.positions
+    width = int(pos.max()) + 1
+    total = torch.zeros(width, dtype=torch.float64).index_add_(0, pos, scores.double())
+    return total / unit.conv_groups
+
+
+def channels_at(unit, positions: torch.Tensor) -> torch.Tensor:
+    """Every channel of a grouped unit at the given positions (one per conv group)."""
+    return torch.nonzero(torch.isin(unit.positions, positions)).flatten()
+
+
+def select_layerwise(plans: list[UnitPlan], pick, sel: Selection, scores_of=None) -> None:
+    """``pick(unit, n) -> indices``: the criterion's choice of n channels to remove.
+
+    Units with grouped convolutions lose whole positions (the same channel of every
+    group), chosen by their mean score; ``scores_of(unit)`` gives the channel scores.
+    """
     for p in plans:
         if p.status != "prune" or p.rate <= 0:
             continue
-        keep = kept_count(p.channels, p.rate, sel.round_to, p.unit.root)
+        u = p.unit
+        if getattr(u, "conv_groups", 1) > 1:
+            width = p.channels // u.conv_groups
+            keep = kept_count(width, p.rate, 1, u.root)
+            order = torch.sort(position_scores(u, scores_of(u)), stable=True).indices
+            p.prune = channels_at(u, order[: width - keep])
+            continue
+        keep = kept_count(p.channels, p.rate, math.lcm(sel.round_to, getattr(u, "multiple", 1)), u.root)
         n = p.channels - keep
-        p.prune = pick(p.unit, n) if n > 0 else torch.empty(0, dtype=torch.long)
+        p.prune = pick(u, n) if n > 0 else torch.empty(0, dtype=torch.long)
 
 
 def normalise(scores: torch.Tensor, how: Optional[str]) -> torch.Tensor:
@@ -172,36 +199,50 @@ def normalise(scores: torch.Tensor, how: Optional[str]) -> torch.Tensor:
 
 
 def select_global(plans: list[UnitPlan], scores: dict[int, torch.Tensor], sel: Selection, normaliser: Optional[str]) -> None:
-    """One threshold over all eligible channels; every unit keeps >= max(1, round_to) channels."""
+    """One threshold over all eligible channels; every unit keeps >= max(1, round_to) channels.
+
+    A grouped unit competes with its positions (mean normalised score), each of which
+    removes one channel per conv group.
+    """
     eligible = [p for p in plans if p.status == "prune"]
     total = sum(p.channels for p in eligible)
     target = int(round((sel.rate or 0.0) * total))
-    entries = []
+    entries = []  # (score, unit index, slot); a slot is a channel, or a position of a grouped unit
+    width, weight = {}, {}
     for p in eligible:
-        s = normalise(scores[p.unit.index], normaliser)
-        for c in range(p.channels):
-            entries.append((float(s[c]), p.unit.index, c))
+        u = p.unit
+        s = normalise(scores[u.index], normaliser)
+        g = getattr(u, "conv_groups", 1)
+        if g > 1:
+            s = position_scores(u, s)
+        width[u.index], weight[u.index] = len(s), g
+        entries += [(float(s[c]), u.index, c) for c in range(len(s))]
     entries.sort()
     by_index = {p.unit.index: p for p in eligible}
-    chosen: dict[int, list[int]] = {p.unit.index: [] for p in eligible}
+    chosen: dict[int, list[int]] = {i: [] for i in by_index}
     floor = {}
-    for p in eligible:
-        min_keep = max(1, min(sel.round_to, p.channels))
+    for i, p in by_index.items():
+        step = math.lcm(sel.round_to, getattr(p.unit, "multiple", 1))
+        min_keep = max(1, min(step, width[i])) if weight[i] == 1 else 1
         if sel.max_layer_rate is not None:
-            min_keep = max(min_keep, p.channels - int(p.channels * sel.max_layer_rate + 1e-9))
-        floor[p.unit.index] = min_keep
+            min_keep = max(min_keep, width[i] - int(width[i] * sel.max_layer_rate + 1e-9))
+        floor[i] = min_keep
     removed = 0
-    for _, ui, c in entries:
+    for _, ui, slot in entries:
         if removed >= target:
             break
-        if by_index[ui].channels - len(chosen[ui]) > floor[ui]:
-            chosen[ui].append(c)
-            removed += 1
-    for ui, idxs in chosen.items():
+        if width[ui] - len(chosen[ui]) > floor[ui]:
+            chosen[ui].append(slot)
+            removed += weight[ui]
+    for ui, slots in chosen.items():
         p = by_index[ui]
-        if sel.round_to > 1 and p.channels >= sel.round_to and idxs:
-            keep = p.channels - len(idxs)
-            keep_rounded = min(p.channels, int(math.ceil(keep / sel.round_to)) * sel.round_to)
-            idxs = idxs[: p.channels - keep_rounded]  # give back the highest-scored of the chosen
-        p.prune = torch.tensor(sorted(idxs), dtype=torch.long)
-        p.rate = len(idxs) / p.channels
+        if weight[ui] > 1:
+            p.prune = channels_at(p.unit, torch.tensor(slots, dtype=torch.long))
+        else:
+            step = math.lcm(sel.round_to, getattr(p.unit, "multiple", 1))
+            if step > 1 and p.channels >= step and slots:
+                keep = p.channels - len(slots)
+                keep_rounded = min(p.channels, int(math.ceil(keep / step)) * step)
+                slots = slots[: p.channels - keep_rounded]  # give back the highest-scored of the chosen
+            p.prune = torch.tensor(sorted(slots), dtype=torch.long)
+        p.rate = len(p.prune) / p.channels

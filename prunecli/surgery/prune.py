@@ -22,6 +22,7 @@ from prunecli.checkpoint import Checkpoint, lineage_entry, load_checkpoint, rebu
 from prunecli.errors import PruneCliError, UsageError
 from prunecli.methods import ScoringContext, get_method, list_methods
 from prunecli.metrics.complexity import count_complexity
+from prunecli.surgery.custom import after_structure_change
 from prunecli.surgery.graph import build_graph, conv_linear_ids, output_layer, units
 from prunecli.surgery.masks import apply_masks, maskable_tensors
 from prunecli.surgery.plan import Selection, UnitPlan, kept_count, normalise, resolve, select_global, select_layerwise
@@ -45,6 +46,7 @@ class PruneConfig:
     batch_size: int = 64
     device: str = "cpu"
     workers: int = 4
+    compress: bool = False  # remove the channels now and write a compressed checkpoint
 
 
 @dataclass
@@ -70,6 +72,8 @@ class PruneReport:
     weights_masked: int  # entries zeroed by this prune
     rate_used: Optional[float] = None  # the base rate (after --target-macs search)
     notes: list[str] = field(default_factory=list)
+    compressed: bool = False
+    max_abs_diff: Optional[float] = None  # --compress: masked vs compressed, when comparable
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -112,8 +116,12 @@ def prune_checkpoint(source: Path, cfg: PruneConfig, *, output: Path, options: d
         ctx.calibration = _calibration(ckpt, cfg)
 
     before = count_complexity(model, example.shape[1:])
+    if cfg.compress and cfg.granularity != "channel":
+        raise UsageError("--compress removes channels: it needs --granularity channel")
+    result = None
     if cfg.granularity == "channel":
-        masks, rows, after, rate_used, notes = _channel_masks(model, spec, example, method, cfg, ctx)
+        result = _channel_masks(model, spec, example, method, cfg, ctx)
+        masks, rows, after, rate_used, notes = result.masks, result.rows, result.after, result.rate_used, result.notes
     else:
         masks, rows, notes = _weight_masks(model, example, method, cfg, ctx)
         after, rate_used = before, sel.rate
@@ -130,16 +138,22 @@ def prune_checkpoint(source: Path, cfg: PruneConfig, *, output: Path, options: d
         "target_macs": cfg.target_macs,
         "layers": [vars(r) for r in rows],
     }
-    out = Checkpoint(
-        model=spec,
-        state_dict=model.state_dict(),
-        dataset=ckpt.dataset,
-        structure=ckpt.structure,
-        masks=combined,
-        metrics={"macs_before": before.macs, "macs_after_compress": after.macs, "params_after_compress": after.params},
-        lineage=ckpt.lineage + [lineage_entry("prune", options, parent=source)],
-        extra=extra,
-    )
+    lineage = ckpt.lineage + [lineage_entry("prune", options, parent=source)]
+    max_diff = None
+    if cfg.compress:
+        out, max_diff, more = _compressed_checkpoint(ckpt, model, result, extra, lineage, before, after)
+        notes += more
+    else:
+        out = Checkpoint(
+            model=spec,
+            state_dict=model.state_dict(),
+            dataset=ckpt.dataset,
+            structure=ckpt.structure,
+            masks=combined,
+            metrics={"macs_before": before.macs, "macs_after_compress": after.macs, "params_after_compress": after.params},
+            lineage=lineage,
+            extra=extra,
+        )
     save_checkpoint(out, output)
     return PruneReport(
         output=output,
@@ -153,13 +167,64 @@ def prune_checkpoint(source: Path, cfg: PruneConfig, *, output: Path, options: d
         weights_masked=newly,
         rate_used=rate_used,
         notes=notes,
+        compressed=cfg.compress,
+        max_abs_diff=max_diff,
     )
+
+
+def _compressed_checkpoint(ckpt: Checkpoint, masked: nn.Module, result: _ChannelResult, extra, lineage, before, after):
+    """--compress: the pruned copy itself becomes the checkpoint (checked against the masks when they are exact)."""
+    from prunecli.surgery.equivalence import difference, outputs, probe_batch
+
+    notes = []
+    work = result.work
+    carried = {}
+    for name, mask in ckpt.masks.items():  # masks from an earlier weight-level prune stay, re-indexed
+        new = mask.flatten()[result.kept[name].flatten()].view(result.kept[name].shape)
+        if not bool(new.all()):
+            carried[name] = new
+    apply_masks(work, carried)
+    diff = None
+    if any(p.unit.stat_norms for p in result.plans if p.status == "prune" and len(p.prune)):
+        notes.append("not checked against a masked model: LayerNorm/GroupNorm statistics change when channels go; finetune and evaluate")
+    else:
+        probe = probe_batch(ckpt.model)
+        diff, same = difference(outputs(masked, probe), outputs(work, probe))
+        if not same:
+            raise PruneCliError(f"the compressed model differs from the masked one (max |diff| {diff:.3g}); nothing written")
+    metrics = {"macs": after.macs, "params": after.params, "macs_before_compress": before.macs}
+    if diff is not None:
+        metrics["max_abs_diff"] = diff
+    out = Checkpoint(
+        model=ckpt.model,
+        state_dict=work.state_dict(),
+        dataset=ckpt.dataset,
+        structure=list(ckpt.structure or []) + result.history,
+        masks=carried,
+        metrics=metrics,
+        lineage=lineage,
+        extra=extra,
+    )
+    return out, diff, notes
 
 
 # ---------------------------------------------------------------------------- channels
 
 
-def _channel_masks(model, spec, example, method, cfg: PruneConfig, ctx):
+@dataclass
+class _ChannelResult:
+    masks: dict
+    rows: list
+    after: Any
+    rate_used: Optional[float]
+    notes: list
+    plans: list
+    work: nn.Module  # the copy, physically pruned
+    history: list  # Torch-Pruning's record of that pruning
+    kept: dict  # tensor name -> kept flat indices (surgery/tracking.py)
+
+
+def _channel_masks(model, spec, example, method, cfg: PruneConfig, ctx) -> _ChannelResult:
     """Plan on a traced copy, remove the plan from the copy while tracking survivors."""
     work = copy.deepcopy(model)
     graph = build_graph(work, example, name=spec.name)
@@ -195,20 +260,31 @@ def _channel_masks(model, spec, example, method, cfg: PruneConfig, ctx):
         if sel.scope == "global":
             select_global(plans, scores, sel, method.global_normalizer)
         else:
-            select_layerwise(plans, lambda u, n: method.select_channels(u, n, ctx), sel)
+            select_layerwise(plans, lambda u, n: method.select_channels(u, n, ctx), sel, scores_of=lambda u: scores[u.index])
         return plans
 
     rate_used = cfg.selection.rate
     if cfg.target_macs is not None:
-        plans, rate_used = _search_rate(model, spec, example, plan_for, cfg)
+        # the largest base rate that leaves every unit at least one channel (or position)
+        widths = [p.channels // max(1, p.unit.conv_groups) for p in eligible if p.status == "prune"]
+        feasible = min((1.0 - 1.0 / w for w in widths if w > 1), default=0.0)
+        plans, rate_used = _search_rate(model, spec, example, plan_for, cfg, feasible)
     else:
         plans = plan_for(None)
 
     for p in plans:
         if p.status == "prune" and len(p.prune) >= p.channels:
             raise PruneCliError(f"pruning would empty {p.unit.root} ({p.channels} channels); lower the rate")
+    blocked = [p for p in plans if p.status == "prune" and len(p.prune) and p.unit.stat_norms]
+    if blocked and not cfg.compress:
+        u = blocked[0].unit
+        raise PruneCliError(
+            f"a mask cannot stand for removing channels of {u.root}: {u.stat_norms[0]} normalises over them "
+            "(LayerNorm/GroupNorm statistics change when a channel is zeroed); use prune --compress to remove them directly"
+        )
     shapes = {n: t.shape for n, t in maskable_tensors(work).items()}
     kept = prune_tracking_entries(work, lambda m: apply_plan(m, graph, plans))
+    check_runs(work, example, spec.name)
     masks = masks_from_kept(shapes, kept, shapes)
     masks = {n: m for n, m in masks.items() if not bool(m.all())}
     after = count_complexity(work, example.shape[1:])
@@ -223,7 +299,7 @@ def _channel_masks(model, spec, example, method, cfg: PruneConfig, ctx):
         )
         for p in plans
     ]
-    return masks, rows, after, rate_used, notes
+    return _ChannelResult(masks, rows, after, rate_used, notes, plans, work, [list(h) for h in graph.pruning_history()], kept)
 
 
 def apply_plan(model: nn.Module, graph, plans: list[UnitPlan]) -> None:
@@ -240,9 +316,26 @@ def apply_plan(model: nn.Module, graph, plans: list[UnitPlan]) -> None:
         if not graph.check_pruning_group(group):
             raise PruneCliError(f"pruning {len(idxs)} of {p.unit.channels} channels would empty a layer coupled to {p.unit.root}")
         group.prune()
+    after_structure_change(model)
 
 
-def _search_rate(model, spec, example, plan_for, cfg: PruneConfig):
+def check_runs(model: nn.Module, example: torch.Tensor, name: str) -> None:
+    """A pruned model must still run; some architectures hard-code sizes Torch-Pruning cannot adapt."""
+    try:
+        with torch.no_grad():
+            was = model.training
+            model.eval()
+            model(example)
+            model.train(was)
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PruneCliError(
+            f"the pruned {name} no longer runs ({type(e).__name__}: {msg}); Torch-Pruning does not adapt "
+            "this architecture's hard-coded sizes; nothing written"
+        ) from None
+
+
+def _search_rate(model, spec, example, plan_for, cfg: PruneConfig, feasible: float):
     """Bisection on the base rate until the compressed model has (1 - target) of the MACs."""
     base = count_complexity(model, example.shape[1:]).macs
 
@@ -255,7 +348,7 @@ def _search_rate(model, spec, example, plan_for, cfg: PruneConfig):
         return 1.0 - count_complexity(work, example.shape[1:]).macs / base, plans
 
     cap = cfg.selection.max_layer_rate or 0.99
-    lo, hi = 0.0, min(0.99, cap)
+    lo, hi = 0.0, min(0.99, cap, feasible)
     top, plans_hi = reduction(hi)
     if top < cfg.target_macs:
         raise PruneCliError(

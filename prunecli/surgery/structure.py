@@ -19,8 +19,11 @@ def replay_structure(model: torch.nn.Module, history: list, spec, *, where: str)
         graph = build_graph(model, example_input(spec), name=spec.name)
     except PruneCliError as e:
         raise CheckpointError(f"{where}: cannot rebuild its compressed structure: {e}") from None
+    from prunecli.surgery.custom import after_structure_change
+
     try:
         graph.load_pruning_history([list(step) for step in history])
+        after_structure_change(model)
     except Exception as e:  # a history from another architecture: a module name or index that is not there
         raise CheckpointError(
             f"{where}: its pruning structure does not fit architecture {spec.name!r} "
