@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 import torch
-from conftest import TINY, one_line_error
+from conftest import one_line_error
 
 from prunecli.checkpoint import Checkpoint, load_checkpoint, rebuild_model, save_checkpoint
 from prunecli.errors import CheckpointError

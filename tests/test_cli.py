@@ -17,7 +17,7 @@ def test_help_does_not_import_torch():
         "import sys\n"
         "from prunecli.cli.app import main\n"
         "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "for cmd in ('train', 'finetune', 'evaluate', 'info', 'list'):\n"
+        "for cmd in ('train', 'prune', 'compress', 'finetune', 'evaluate', 'info', 'list'):\n"
         "    try:\n        main([cmd, '--help'])\n    except SystemExit:\n        pass\n"
         "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', file=sys.stderr)\n"
     )

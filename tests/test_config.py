@@ -28,6 +28,7 @@ def test_yaml_overrides_defaults_and_flags_override_yaml(cli, tmp_path):
 
 def test_written_config_is_reusable(cli, tmp_path):
     r = cli("train", *TINY, "--epochs", "0", "--seed", "5", "-o", tmp_path / "a.pt")
+    assert r.code == 0, r.stderr
     written = tmp_path / "a.config.yaml"
     assert written.exists()
     data = yaml.safe_load(written.read_text())

@@ -6,42 +6,21 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
-from conftest import final_error_line, one_line_error
+from conftest import one_line_error
 
-from prunecli.checkpoint import Checkpoint, load_checkpoint, rebuild_model, save_checkpoint
-from prunecli.data import DatasetSpec
+from prunecli.checkpoint import load_checkpoint, rebuild_model, save_checkpoint
 from prunecli.errors import PruneCliError
 from prunecli.methods import list_methods
 from prunecli.metrics.complexity import count_complexity
-from prunecli.models import ModelSpec, build_model, list_models
+from prunecli.models import list_models
 from prunecli.surgery.compress import compress_checkpoint
 from prunecli.surgery.equivalence import outputs, probe_batch
-from prunecli.surgery.plan import Selection, parse_layer_rate
-from prunecli.surgery.prune import PruneConfig, prune_checkpoint
-
-
-def make_checkpoint(path: Path, model: str, *, image_size=32, in_channels=3, classes=10, seed=0, dataset=True, **kwargs) -> Path:
-    """A randomly initialised checkpoint (the paper tables depend only on the architecture)."""
-    spec = ModelSpec(model, in_channels, classes, image_size, kwargs)
-    torch.manual_seed(seed)
-    m = build_model(spec)
-    ds = None
-    if dataset:
-        ds = DatasetSpec(
-            "synthetic", classes, in_channels, image_size, (0.5,) * in_channels, (0.25,) * in_channels,
-            options={"image_size": image_size, "num_classes": classes},
-        )
-    return save_checkpoint(Checkpoint(model=spec, state_dict=m.state_dict(), dataset=ds), path)
-
-
-def prune(src: Path, out: Path, method="l1", **kw) -> object:
-    sel = Selection(**{k: kw.pop(k) for k in list(kw) if k in Selection.__dataclass_fields__})
-    return prune_checkpoint(src, PruneConfig(method=method, selection=sel, **kw), output=out, options={})
+from prunecli.surgery.prune import PruneConfig, prune_checkpoint  # noqa: F401
+from pruning_helpers import make_checkpoint, prune
 
 
 def conv_linear_params(model: nn.Module) -> int:
@@ -415,3 +394,18 @@ def test_list_methods(cli):
     r = cli("list", "methods", "--json")
     names = {d["name"] for d in json.loads(r.stdout)}
     assert names == {"l1", "l2", "geomedian", "slimming", "taylor", "lamp", "hessian", "random", "magnitude"}
+
+
+def test_li_et_al_setting_as_a_config_file(cli, tmp_path):
+    src = make_checkpoint(tmp_path / "base.pt", "resnet56")
+    cfg = tmp_path / "resnet56-B.yaml"
+    cfg.write_text(
+        "# Li et al. 2017, ResNet-56-pruned-B: 60/30/10% of each block's first conv per stage\n"
+        "method: l1\n"
+        "layer-rate: ['layer1.*=0.6', 'layer2.*=0.3', 'layer3.*=0.1']\n"
+        "skip: ['layer*.conv2', 16, 18, 20, 34, 38, 54]\n"
+    )
+    r = cli("prune", src, "--config", cfg, "-o", tmp_path / "m.pt")  # YAML integers are layer numbers
+    assert r.code == 0, r.stderr
+    c = cli("compress", r.path, "--json", "--no-latency", "-o", tmp_path / "c.pt")
+    assert json.loads(c.stdout)["macs_after"] == 90907274  # 9.09e7, Li et al. Table 2

@@ -116,6 +116,8 @@ def _check_scalar(tp: Any, raw: Any, bad) -> Any:
             raise bad()
         return raw
     if tp in (str, Path):
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return str(raw)  # a layer number as a pattern, a numeric folder name
         if not isinstance(raw, str):
             raise bad()
         return raw

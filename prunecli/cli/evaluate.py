@@ -61,7 +61,7 @@ def evaluate(
         latency_repeats=repeats,
     )
     if json:
-        objs = [r.to_json(with_layers=layers and False) for r in reports]
+        objs = [r.to_json() for r in reports]  # per-layer detail: prunecli info CKPT --json --layers
         emit_json(objs[0] if len(objs) == 1 else objs)
         return
     _print_reports(reports, layers)

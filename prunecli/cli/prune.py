@@ -10,12 +10,10 @@ import typer
 
 from prunecli.cli._common import (
     PANEL_DATA,
-    PANEL_RUN,
     BatchSizeOpt,
     ConfigOpt,
     DataDirOpt,
     DatasetOpt,
-    DeviceOpt,
     OutputOpt,
     SeedOpt,
     WorkersOpt,
@@ -66,7 +64,6 @@ def prune(
     calib_batches: Annotated[int, typer.Option("--calib-batches", min=1, help="Calibration batches for data-driven criteria (taylor, hessian).", rich_help_panel=PANEL_DATA)] = 8,
     batch_size: BatchSizeOpt = 64,
     workers: WorkersOpt = 4,
-    device: DeviceOpt = "cpu",
     seed: SeedOpt = 0,
     output: OutputOpt = None,
     config: ConfigOpt = None,
@@ -108,7 +105,6 @@ def prune(
         data=str(data) if data else None,
         calib_batches=calib_batches,
         batch_size=batch_size,
-        device=device,
         workers=workers,
         compress=compress,
     )

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-import torch
 
 from prunecli.checkpoint import Checkpoint, load_checkpoint, rebuild_model
 from prunecli.data import DataBundle, DatasetSpec, get_dataset

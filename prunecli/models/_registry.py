@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -136,9 +137,12 @@ def _torchvision_model(name: str, in_channels: int, num_classes: int, image_size
     if weights is not None and num_classes != 1000:
         raise PruneCliError(f"tv:{name} with weights={weights} has 1000 classes, the dataset has {num_classes}")
     try:
-        if weights is not None:
-            return torchvision.models.get_model(name, weights=weights, **kwargs)
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+        with warnings.catch_warnings():
+            # e.g. GoogLeNet's FutureWarning about its default init: nothing a prunecli user can act on
+            warnings.simplefilter("ignore", FutureWarning)
+            if weights is not None:
+                return torchvision.models.get_model(name, weights=weights, **kwargs)
+            return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
     except (TypeError, ValueError) as e:
         raise PruneCliError(f"cannot build tv:{name}: {e}") from e
 

@@ -16,6 +16,7 @@ import contextlib
 import math
 import signal
 import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
@@ -102,7 +103,10 @@ def build_graph(model: nn.Module, example_input: torch.Tensor, *, name: str = "m
 
     was_training = model.training
     try:
-        with deadline(TRACE_TIMEOUT_S, f"tracing {name} for its dependency graph"), torch.enable_grad():
+        # Torch-Pruning warns on stderr while tracing (recursion depth, unwrapped parameters);
+        # its failures become our one-line errors instead
+        with deadline(TRACE_TIMEOUT_S, f"tracing {name} for its dependency graph"), torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             graph = tp.DependencyGraph().build_dependency(
                 model, example_inputs=example_input, customized_pruners=dict(CUSTOM_PRUNERS), verbose=False
             )
@@ -138,7 +142,8 @@ def units(model: nn.Module, graph, *, name: str = "model") -> list[Unit]:
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     found: list[Unit] = []
     try:
-        with deadline(TRACE_TIMEOUT_S, f"listing the pruning groups of {name}"):
+        with deadline(TRACE_TIMEOUT_S, f"listing the pruning groups of {name}"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             groups = list(graph.get_all_groups(root_module_types=(nn.modules.conv._ConvNd, nn.Linear)))
     except PruneCliError:
         raise

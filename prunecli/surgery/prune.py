@@ -10,7 +10,6 @@ copy's MACs are what the compressed model will have.
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -20,7 +19,7 @@ import torch.nn as nn
 
 from prunecli.checkpoint import Checkpoint, lineage_entry, load_checkpoint, rebuild_model, save_checkpoint
 from prunecli.errors import PruneCliError, UsageError
-from prunecli.methods import ScoringContext, get_method, list_methods
+from prunecli.methods import ScoringContext, get_method
 from prunecli.metrics.complexity import count_complexity
 from prunecli.surgery.custom import after_structure_change
 from prunecli.surgery.graph import build_graph, conv_linear_ids, output_layer, units
@@ -44,7 +43,6 @@ class PruneConfig:
     data: Optional[str] = None
     calib_batches: int = 8
     batch_size: int = 64
-    device: str = "cpu"
     workers: int = 4
     compress: bool = False  # remove the channels now and write a compressed checkpoint
 
@@ -99,6 +97,8 @@ def prune_checkpoint(source: Path, cfg: PruneConfig, *, output: Path, options: d
             raise PruneCliError(f"--target-macs {cfg.target_macs}: the fraction of MACs to remove must be in (0, 1)")
         if cfg.granularity == "weight":
             raise PruneCliError("--target-macs needs --granularity channel: removing single weights does not reduce MACs")
+    if cfg.compress and cfg.granularity != "channel":
+        raise UsageError("--compress removes channels: it needs --granularity channel")
     if not (0.0 <= cfg.mix_norm <= 1.0):
         raise PruneCliError(f"--mix-norm {cfg.mix_norm}: must be in [0, 1]")
     if cfg.mix_norm and cfg.method != "geomedian":
@@ -116,8 +116,6 @@ def prune_checkpoint(source: Path, cfg: PruneConfig, *, output: Path, options: d
         ctx.calibration = _calibration(ckpt, cfg)
 
     before = count_complexity(model, example.shape[1:])
-    if cfg.compress and cfg.granularity != "channel":
-        raise UsageError("--compress removes channels: it needs --granularity channel")
     result = None
     if cfg.granularity == "channel":
         result = _channel_masks(model, spec, example, method, cfg, ctx)
@@ -376,7 +374,6 @@ class _LayerUnit:
     def __init__(self, index: int, name: str, layer_id: int, numel: int):
         self.index, self.root, self.tp_root = index, name, name
         self.producer_names, self.layer_ids, self.channels = [name], [layer_id], numel
-        self.producers = [None]
 
 
 def _weight_masks(model, example, method, cfg: PruneConfig, ctx):
@@ -461,7 +458,3 @@ def _calibration(ckpt: Checkpoint, cfg: PruneConfig):
             yield batch
 
     return batches
-
-
-def default_methods_hint() -> str:
-    return ", ".join(list_methods())
