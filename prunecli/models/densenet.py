@@ -23,11 +23,11 @@ Module names: ``conv1`` (stem), ``dense1``..``dense3`` (blocks of layers with ``
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn
 
+from prunecli.models._init import slimming_init
 from prunecli.models._registry import register_model
 
 
@@ -85,7 +85,7 @@ class DenseNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
-        _init_weights(self)
+        slimming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.trans1(self.dense1(self.conv1(x)))
@@ -98,20 +98,6 @@ def _dense_block(in_channels: int, num_layers: int, growth_rate: int) -> tuple[n
     """The block and its output width (each layer adds ``growth_rate`` channels)."""
     layers = [DenseLayer(in_channels + i * growth_rate, growth_rate) for i in range(num_layers)]
     return nn.Sequential(*layers), in_channels + num_layers * growth_rate
-
-
-def _init_weights(model: nn.Module) -> None:
-    # Network Slimming's init: He-normal with n = k*k*out, BN gamma = 0.5 (the paper starts
-    # its L1 penalty on gamma from 0.5), zero linear bias.
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.constant_(m.weight, 0.5)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.zeros_(m.bias)
 
 
 @register_model

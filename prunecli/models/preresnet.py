@@ -21,11 +21,11 @@ Module names: ``conv1`` (stem), ``layer1``..``layer3`` holding blocks with ``bn1
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn
 
+from prunecli.models._init import slimming_init
 from prunecli.models._registry import register_model
 
 
@@ -76,26 +76,12 @@ class PreActResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
-        _init_weights(self)
+        slimming_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
         x = self.relu(self.bn(x))
         return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-def _init_weights(model: nn.Module) -> None:
-    # Network Slimming's init: He-normal with n = k*k*out, BN gamma = 0.5 (the paper starts
-    # its L1 penalty on gamma from 0.5), zero linear bias.
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.constant_(m.weight, 0.5)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.zeros_(m.bias)
 
 
 @register_model

@@ -21,12 +21,12 @@ Linear of the slimming head) or ``classifier.N`` (the li head).
 
 from __future__ import annotations
 
-import math
 from typing import Sequence, Union
 
 import torch
 import torch.nn as nn
 
+from prunecli.models._init import slimming_init
 from prunecli.models._registry import register_model
 
 CfgItem = Union[int, str]
@@ -67,7 +67,7 @@ class VGG(nn.Module):
             )
         else:
             self.classifier = nn.Linear(width, num_classes)
-        _init_weights(self)
+        slimming_init(self, linear_std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))
@@ -101,22 +101,6 @@ def _make_features(cfg: Sequence[CfgItem], in_channels: int) -> nn.Sequential:
             layers += [nn.Conv2d(channels, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
             channels = v
     return nn.Sequential(*layers)
-
-
-def _init_weights(model: nn.Module) -> None:
-    # Network Slimming's init, used for both heads so they differ only in the head:
-    # He-normal on fan_out (n = k*k*out), BN gamma = 0.5 (the value the paper states it
-    # starts its L1 penalty from), small normal linear weights.
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.constant_(m.weight, 0.5)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.01)
-            nn.init.zeros_(m.bias)
 
 
 def _vgg(depth: int, in_channels: int, num_classes: int, image_size: int, head: str, cfg) -> VGG:
