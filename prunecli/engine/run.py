@@ -319,12 +319,13 @@ def _run(
                 record.update(test_loss=round(last_eval.loss, 6), test_top1=round(last_eval.top1, 4), test_top5=round(last_eval.top5, 4))
             log(_epoch_line(epoch + 1, cfg.epochs, stats, last_eval))
             if dist_info.is_main:
-                with open(paths["metrics"], "a") as f:
-                    f.write(json.dumps(record) + "\n")
                 ckpt = _checkpoint(template, model, cfg, stage, options, epoch + 1, optimizer, scheduler, scaler, best, last_eval)
                 save_checkpoint(ckpt, output)
                 if improved:
                     save_checkpoint(replace(ckpt, resume=None), paths["best"])
+                # after the checkpoint: a kill in between must not log an epoch the checkpoint lacks
+                with open(paths["metrics"], "a") as f:
+                    f.write(json.dumps(record) + "\n")
             saved_epoch = epoch + 1
             barrier(dist_info)
             if epoch + 1 == interrupt_after:
