@@ -12,6 +12,7 @@ from prunecli.data import DataBundle, DatasetSpec, get_dataset
 from prunecli.data.loaders import make_batches
 from prunecli.engine.distributed import resolve_device
 from prunecli.engine.loop import evaluate
+from prunecli.engine.run import check_data_fits_model
 from prunecli.errors import PruneCliError
 from prunecli.metrics.complexity import count_complexity
 from prunecli.metrics.latency import measure_latencies
@@ -76,13 +77,7 @@ def data_for_checkpoint(
         image_size=ckpt.model.image_size,
         num_classes=opts.get("num_classes") if opts else (ckpt.model.num_classes if name == "synthetic" else None),
     )
-    d = bundle.spec
-    if (d.num_classes, d.in_channels, d.image_size) != (ckpt.model.num_classes, ckpt.model.in_channels, ckpt.model.image_size):
-        raise PruneCliError(
-            f"{ckpt.path}: model takes {ckpt.model.in_channels}x{ckpt.model.image_size}x{ckpt.model.image_size} "
-            f"inputs and {ckpt.model.num_classes} classes; dataset {d.name} has "
-            f"{d.in_channels}x{d.image_size}x{d.image_size} and {d.num_classes}"
-        )
+    check_data_fits_model(bundle, ckpt.model, str(ckpt.path))
     return bundle
 
 

@@ -69,14 +69,14 @@ def load_data(cfg: TrainConfig) -> DataBundle:
 
 
 def check_data_fits_model(bundle: DataBundle, spec: ModelSpec, where: str) -> None:
+    """The dataset's input shape and classes must be what the model was built for."""
     d = bundle.spec
-    for what, have, want in (
-        ("classes", d.num_classes, spec.num_classes),
-        ("input channels", d.in_channels, spec.in_channels),
-        ("image size", d.image_size, spec.image_size),
-    ):
-        if have != want:
-            raise PruneCliError(f"dataset {d.name} has {have} {what}, the model in {where} was built for {want}")
+    if (d.num_classes, d.in_channels, d.image_size) != (spec.num_classes, spec.in_channels, spec.image_size):
+        raise PruneCliError(
+            f"{where}: model takes {spec.in_channels}x{spec.image_size}x{spec.image_size} inputs and "
+            f"{spec.num_classes} classes; dataset {d.name} has {d.in_channels}x{d.image_size}x{d.image_size} "
+            f"and {d.num_classes}"
+        )
 
 
 # ---------------------------------------------------------------------------- entry points

@@ -24,6 +24,7 @@ from prunecli.engine.distributed import resolve_device
 from prunecli.errors import PruneCliError
 from prunecli.metrics.complexity import count_complexity
 from prunecli.metrics.latency import measure_latencies
+from prunecli.surgery.structure import example_input
 from prunecli.surgery.graph import Unit, build_graph, units
 from prunecli.surgery.plan import UnitPlan
 from prunecli.surgery.equivalence import difference, outputs, probe_batch
@@ -106,7 +107,7 @@ def compress_checkpoint(
     spec = ckpt.model
     model = rebuild_model(ckpt).eval()
     apply_masks(model, ckpt.masks)
-    example = torch.zeros(1, spec.in_channels, spec.image_size, spec.image_size)
+    example = example_input(spec)
     shape = tuple(example.shape[1:])
     reference = copy.deepcopy(model)
     probe = probe_batch(spec)

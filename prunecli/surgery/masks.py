@@ -56,8 +56,3 @@ class MaskEnforcer:
     def enforce(self) -> None:
         for p, m in self.pairs:
             p.mul_(m)
-
-
-def masks_to_device(enforcer: MaskEnforcer, model: torch.nn.Module) -> None:
-    """Re-bind the masks after the model moved (parameters are the same objects, tensors moved)."""
-    enforcer.pairs = [(p, m.to(device=p.device, dtype=p.dtype)) for p, m in enforcer.pairs]

@@ -22,6 +22,7 @@ from prunecli.errors import PruneCliError, UsageError
 from prunecli.methods import ScoringContext, get_method
 from prunecli.metrics.complexity import count_complexity
 from prunecli.surgery.custom import after_structure_change
+from prunecli.surgery.structure import example_input
 from prunecli.surgery.graph import build_graph, conv_linear_ids, output_layer, units
 from prunecli.surgery.masks import apply_masks, maskable_tensors
 from prunecli.surgery.plan import Selection, UnitPlan, kept_count, normalise, resolve, select_global, select_layerwise
@@ -110,7 +111,7 @@ def prune_checkpoint(source: Path, cfg: PruneConfig, *, output: Path, options: d
     model = rebuild_model(ckpt).eval()
     apply_masks(model, ckpt.masks)
     spec = ckpt.model
-    example = torch.zeros(1, spec.in_channels, spec.image_size, spec.image_size)
+    example = example_input(spec)
     ctx = ScoringContext(model=model, seed=cfg.seed, mix_norm=cfg.mix_norm)
     if method.needs_data:
         ctx.calibration = _calibration(ckpt, cfg)
