@@ -241,7 +241,7 @@ def rebuild_model(ckpt: Checkpoint) -> torch.nn.Module:
     except PruneCliError as e:
         raise CheckpointError(f"{where}: cannot rebuild its model: {e}") from None
     if ckpt.structure:
-        from prunecli.surgery.structure import replay_structure
+        from prunecli.models.structure import replay_structure
 
         replay_structure(model, ckpt.structure, spec, where=str(where))
     load_state_strict(model, ckpt.state_dict, where=str(where), arch=spec.name)

@@ -46,9 +46,9 @@ from prunecli.engine.distributed import resolve_device
 from prunecli.metrics.complexity import count_complexity
 from prunecli.metrics.latency import measure_latencies
 from prunecli.models import ModelSpec, build_model
-from prunecli.surgery.compress import compress_checkpoint
+from prunecli.stages.compress import compress_checkpoint
 from prunecli.surgery.plan import Selection
-from prunecli.surgery.prune import PruneConfig, prune_checkpoint
+from prunecli.stages.prune import PruneConfig, prune_checkpoint
 
 SETTINGS = {
     "resnet56": ("resnet56", 32, 10, "geomedian", 0.4),

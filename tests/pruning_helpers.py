@@ -10,7 +10,7 @@ from prunecli.checkpoint import Checkpoint, save_checkpoint
 from prunecli.data import DatasetSpec
 from prunecli.models import ModelSpec, build_model
 from prunecli.surgery.plan import Selection
-from prunecli.surgery.prune import PruneConfig, prune_checkpoint
+from prunecli.stages.prune import PruneConfig, prune_checkpoint
 
 
 def make_checkpoint(path: Path, model: str, *, image_size=32, in_channels=3, classes=10, seed=0, dataset=True, **kwargs) -> Path:

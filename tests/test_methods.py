@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prunecli.errors import PruneCliError
-from prunecli.methods import ScoringContext, get_method, list_methods, method_description
-from prunecli.surgery.graph import build_graph, units
+from prunecli.criteria import ScoringContext, get_method, list_methods, method_description
+from prunecli.surgery.units import build_graph, units
 
 ALL = ["geomedian", "hessian", "l1", "l2", "lamp", "magnitude", "random", "slimming", "taylor"]
 
@@ -120,7 +120,7 @@ def test_coupled_producers_score_the_mean_of_their_filter_norms():
 
 
 def test_transposed_conv_filters_are_weight_columns_and_grouped_ones_are_refused():
-    from prunecli.methods.norm import output_filters
+    from prunecli.criteria.norm import output_filters
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.ConvTranspose2d(2, 3, 2, bias=False), nn.Conv2d(3, 1, 1))
@@ -323,7 +323,7 @@ def test_gradient_criteria_need_calibration_data():
 
 
 def test_random_is_reproducible_per_seed_and_independent_per_unit():
-    from prunecli.methods.random import stream_seed
+    from prunecli.criteria.random import stream_seed
 
     model = Residual()
     us = traced_units(model, torch.zeros(1, 1, 1, 2))

@@ -14,12 +14,12 @@ from conftest import one_line_error
 
 from prunecli.checkpoint import load_checkpoint, rebuild_model, save_checkpoint
 from prunecli.errors import PruneCliError
-from prunecli.methods import list_methods
+from prunecli.criteria import list_methods
 from prunecli.metrics.complexity import count_complexity
 from prunecli.models import list_models
-from prunecli.surgery.compress import compress_checkpoint
+from prunecli.stages.compress import compress_checkpoint
 from prunecli.surgery.equivalence import outputs, probe_batch
-from prunecli.surgery.prune import PruneConfig, prune_checkpoint  # noqa: F401
+from prunecli.stages.prune import PruneConfig, prune_checkpoint  # noqa: F401
 from pruning_helpers import make_checkpoint, prune
 
 

@@ -11,7 +11,7 @@ import torch
 
 from prunecli.checkpoint import load_checkpoint, rebuild_model
 from prunecli.errors import PruneCliError
-from prunecli.surgery.compress import compress_checkpoint
+from prunecli.stages.compress import compress_checkpoint
 from prunecli.surgery.equivalence import outputs, probe_batch
 from pruning_helpers import make_checkpoint, prune
 

@@ -41,7 +41,7 @@ def compress(
     --json prints {"macs_before", "macs_after", "params_before", "params_after",
     "latency_ms_before", "latency_ms_after", "max_abs_diff", "output", ...}.
     """
-    from prunecli.surgery.compress import compress_checkpoint
+    from prunecli.stages.compress import compress_checkpoint
 
     source = input_checkpoint(checkpoint)
     out = output_next_to(source, "compressed", output)

@@ -46,7 +46,7 @@ def evaluate(
     (a list when given several checkpoints); top1/top5 are percentages, latency is the
     median milliseconds for one batch of --batch-size in the faster memory format.
     """
-    from prunecli.engine.evaluation import evaluate_checkpoints
+    from prunecli.stages.evaluate import evaluate_checkpoints
 
     paths = [input_checkpoint(p) for p in checkpoints]
     reports = evaluate_checkpoints(

@@ -66,7 +66,7 @@ def finetune(
     Defaults: 20 epochs, SGD lr 0.01 with cosine decay. Li et al.'s setting is
     --epochs 40 --lr 0.001 --schedule constant --batch-size 64.
     """
-    from prunecli.engine import run
+    from prunecli.stages import train as run
     from prunecli.engine.config import TrainConfig
 
     if resume is not None:

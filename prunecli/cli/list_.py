@@ -33,7 +33,7 @@ def list_(
 
         rows = [(n, dataset_description(n)) for n in list_datasets()]
     else:
-        from prunecli.methods import list_methods, method_description
+        from prunecli.criteria import list_methods, method_description
 
         rows = [(n, method_description(n)) for n in list_methods()]
     if json:

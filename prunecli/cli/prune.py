@@ -76,7 +76,7 @@ def prune(
     """
     from prunecli.errors import UsageError
     from prunecli.surgery.plan import Selection, parse_layer_rate
-    from prunecli.surgery.prune import PruneConfig, prune_checkpoint
+    from prunecli.stages.prune import PruneConfig, prune_checkpoint
 
     source = input_checkpoint(checkpoint)
     out = output_next_to(source, "compressed" if compress else "pruned", output)

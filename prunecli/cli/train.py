@@ -79,7 +79,7 @@ def train(
 
     Runs under torchrun for several processes: torchrun --nproc_per_node=N -m prunecli train ...
     """
-    from prunecli.engine import run
+    from prunecli.stages import train as run
     from prunecli.engine.config import TrainConfig
 
     if resume is not None:

@@ -43,7 +43,7 @@ class Selection:
 
 @dataclass
 class UnitPlan:
-    unit: object  # prunecli.surgery.graph.Unit
+    unit: object  # prunecli.surgery.units.Unit
     status: str  # "prune", "skipped", "protected", "unscored"
     rate: float = 0.0  # requested fraction removed
     prune: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))

@@ -11,7 +11,7 @@ import hashlib
 
 import torch
 
-from prunecli.methods._registry import Criterion, register_method
+from prunecli.criteria._registry import Criterion, register_method
 
 
 def stream_seed(seed: int, key: str) -> int:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from prunecli.methods._registry import Criterion, register_method, scatter_to_unit
-from prunecli.methods.norm import producer_filters
+from prunecli.criteria._registry import Criterion, register_method, scatter_to_unit
+from prunecli.criteria.norm import producer_filters
 
 
 def lamp_normalize(squares: torch.Tensor) -> torch.Tensor:

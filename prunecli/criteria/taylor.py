@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunecli.errors import PruneCliError
-from prunecli.methods._registry import Criterion, register_method
-from prunecli.methods.norm import output_filters
+from prunecli.criteria._registry import Criterion, register_method
+from prunecli.criteria.norm import output_filters
 
 
 @contextlib.contextmanager

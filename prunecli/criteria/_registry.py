@@ -3,7 +3,7 @@
 A method module holds one `Criterion` subclass whose docstring opens with the paper
 (title, venue, arXiv id) and registers it with ``@register_method("name")``.
 
-Contract (units are Torch-Pruning dependency groups, see prunecli.surgery.graph.Unit):
+Contract (units are Torch-Pruning dependency groups, see prunecli.surgery.units.Unit):
 
 * ``channel_scores(unit, ctx) -> Tensor[unit.channels]`` -- higher means more important;
   channel c of the unit is entry c (producers map their filters to unit channels through
@@ -113,4 +113,4 @@ _MODULES = ("norm", "geomedian", "slimming", "taylor", "lamp", "hessian", "rando
 
 def _import_methods() -> None:
     for mod in _MODULES:
-        importlib.import_module(f"prunecli.methods.{mod}")
+        importlib.import_module(f"prunecli.criteria.{mod}")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from prunecli.errors import PruneCliError
-from prunecli.methods._registry import Criterion, register_method, scatter_to_unit
+from prunecli.criteria._registry import Criterion, register_method, scatter_to_unit
 
 
 def output_filters(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:

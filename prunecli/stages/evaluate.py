@@ -12,7 +12,7 @@ from prunecli.data import DataBundle, DatasetSpec, get_dataset
 from prunecli.data.loaders import make_batches
 from prunecli.engine.distributed import resolve_device
 from prunecli.engine.loop import evaluate
-from prunecli.engine.run import check_data_fits_model
+from prunecli.stages.train import check_data_fits_model
 from prunecli.errors import PruneCliError
 from prunecli.metrics.complexity import count_complexity
 from prunecli.metrics.latency import measure_latencies

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from prunecli.methods._registry import Criterion, register_method, scatter_to_unit
+from prunecli.criteria._registry import Criterion, register_method, scatter_to_unit
 
 
 def batchnorms(unit) -> list:

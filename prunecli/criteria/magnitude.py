@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from prunecli.errors import PruneCliError
-from prunecli.methods._registry import Criterion, register_method
+from prunecli.criteria._registry import Criterion, register_method
 
 
 @register_method("magnitude")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from prunecli.errors import PruneCliError
-from prunecli.methods._registry import Criterion, register_method
-from prunecli.methods.taylor import calibration_batches, gradient_pass, parameter_grads, per_channel_sum, stored
+from prunecli.criteria._registry import Criterion, register_method
+from prunecli.criteria.taylor import calibration_batches, gradient_pass, parameter_grads, per_channel_sum, stored
 
 
 def empirical_fisher(model, batches) -> dict[str, torch.Tensor]:

@@ -19,11 +19,11 @@ import torch.nn as nn
 
 from prunecli.checkpoint import Checkpoint, lineage_entry, load_checkpoint, rebuild_model, save_checkpoint
 from prunecli.errors import PruneCliError, UsageError
-from prunecli.methods import ScoringContext, get_method
+from prunecli.criteria import ScoringContext, get_method
 from prunecli.metrics.complexity import count_complexity
 from prunecli.surgery.custom import after_structure_change
-from prunecli.surgery.structure import example_input
-from prunecli.surgery.graph import build_graph, conv_linear_ids, output_layer, units
+from prunecli.models.structure import example_input
+from prunecli.surgery.units import build_graph, conv_linear_ids, output_layer, units
 from prunecli.surgery.masks import apply_masks, maskable_tensors
 from prunecli.surgery.plan import Selection, UnitPlan, kept_count, normalise, resolve, select_global, select_layerwise
 from prunecli.surgery.tracking import masks_from_kept, prune_tracking_entries
@@ -440,7 +440,7 @@ def _calibration(ckpt: Checkpoint, cfg: PruneConfig):
     """Batches of the training split (no augmentation), seeded, for data-driven criteria."""
     from prunecli.data.loaders import FolderBatches, TensorBatches
     from prunecli.data._registry import TensorSplit
-    from prunecli.engine.evaluation import data_for_checkpoint
+    from prunecli.stages.evaluate import data_for_checkpoint
 
     if ckpt.dataset is None and cfg.dataset is None:
         raise PruneCliError(f"method {cfg.method!r} needs calibration data: {ckpt.path} records no dataset; pass --dataset (and --data)")

@@ -24,12 +24,12 @@ from prunecli.engine.distributed import resolve_device
 from prunecli.errors import PruneCliError
 from prunecli.metrics.complexity import count_complexity
 from prunecli.metrics.latency import measure_latencies
-from prunecli.surgery.structure import example_input
-from prunecli.surgery.graph import Unit, build_graph, units
+from prunecli.models.structure import example_input
+from prunecli.surgery.units import Unit, build_graph, units
 from prunecli.surgery.plan import UnitPlan
 from prunecli.surgery.equivalence import difference, outputs, probe_batch
 from prunecli.surgery.masks import apply_masks
-from prunecli.surgery.prune import apply_plan, check_runs
+from prunecli.stages.prune import apply_plan, check_runs
 from prunecli.surgery.tracking import prune_tracking_entries
 
 

@@ -13,8 +13,8 @@ from dataclasses import replace
 import torch
 
 from prunecli.errors import PruneCliError
-from prunecli.methods._registry import Criterion, lowest, register_method, scatter_to_unit
-from prunecli.methods.norm import filter_norms, producer_filters
+from prunecli.criteria._registry import Criterion, lowest, register_method, scatter_to_unit
+from prunecli.criteria.norm import filter_norms, producer_filters
 
 
 def distance_sums(unit, alive: torch.Tensor) -> torch.Tensor:

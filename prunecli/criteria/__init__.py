@@ -1,6 +1,6 @@
 """Pruning criteria: one module per method, each citing its paper. See `_registry`."""
 
-from prunecli.methods._registry import (
+from prunecli.criteria._registry import (
     Criterion,
     ScoringContext,
     get_method,

@@ -13,7 +13,7 @@ def example_input(spec, batch: int = 1) -> torch.Tensor:
 
 def replay_structure(model: torch.nn.Module, history: list, spec, *, where: str) -> None:
     """Shrink a freshly built ``model`` exactly as recorded in ``history``."""
-    from prunecli.surgery.graph import build_graph
+    from prunecli.surgery.units import build_graph
 
     try:
         graph = build_graph(model, example_input(spec), name=spec.name)
