@@ -1,4 +1,7 @@
-"""The checkpoint file: one per stage, safe to open, enough to rebuild the model.
+"""The checkpoint file format: one file per stage, safe to open, enough to rebuild the model.
+
+This module only reads and writes files; turning a checkpoint into a model is
+prunecli.models.build (spec -> converters -> structure -> state dict).
 
 A checkpoint is a dict of plain Python types and tensors, so it loads with
 ``torch.load(..., weights_only=True)``: opening a stranger's file cannot run code.
@@ -6,12 +9,19 @@ It holds
 
 * ``format`` / ``version`` -- "prunecli" and `FORMAT_VERSION`;
 * ``model`` -- the model spec (registry name, input channels and size, classes, kwargs);
+* ``converters`` -- registered layer conversions applied to the fresh model, in order
+  (``[{"name", "args"}]``, empty for a plain model; version 2);
 * ``structure`` -- Torch-Pruning's pruning history; replayed on a freshly built model it
   reproduces a compressed architecture (None for an unpruned one);
-* ``state_dict``, ``masks`` (parameter name -> bool tensor, True = kept);
+* ``state_dict``, ``masks`` (tensor name -> bool tensor, True = kept);
 * ``dataset`` -- the dataset spec (name, classes, input size, normalisation, root);
-* ``metrics``, ``lineage`` (one entry per stage), ``resume`` (optimizer, scheduler,
-  epoch, config of a resumable stage) and ``extra`` (method-specific plain data).
+* ``metrics``, ``lineage`` (one entry per stage, written by `derive`), ``resume``
+  (optimizer, scheduler, epoch, config and callback states of a resumable stage) and
+  ``extra`` (method-specific plain data).
+
+Version 1 files (prunecli 0.1 before the in-memory core) are read and upgraded on load:
+they have no converters, and their resume state kept the best-checkpoint record at the
+top level rather than with the callback that keeps it.
 
 Files are written atomically: a temporary file in the same folder, fsync, then
 ``os.replace``; a crash leaves the previous file intact and no truncated one.
@@ -30,18 +40,17 @@ import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
 from prunecli import __version__
 from prunecli.data._registry import DatasetSpec
-from prunecli.errors import CheckpointError, PruneCliError
-from prunecli.models._registry import ModelSpec, build_model, is_user_model, user_code_sha256
+from prunecli.errors import CheckpointError
+from prunecli.models._registry import ModelSpec
 
 FORMAT_NAME = "prunecli"
-FORMAT_VERSION = 1
-TRUST_CODE_ENV = "PRUNECLI_TRUST_CODE"
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -55,6 +64,7 @@ class Checkpoint:
     lineage: list[dict[str, Any]] = field(default_factory=list)
     resume: Optional[dict[str, Any]] = None
     extra: dict[str, Any] = field(default_factory=dict)
+    converters: list[dict[str, Any]] = field(default_factory=list)
     path: Optional[Path] = None  # where it was read from; not stored
 
     @property
@@ -67,6 +77,7 @@ class Checkpoint:
             "version": FORMAT_VERSION,
             "prunecli_version": __version__,
             "model": to_plain(self.model.to_dict()),
+            "converters": to_plain(self.converters),
             "structure": to_plain(self.structure),
             "state_dict": {k: v.detach().cpu().contiguous() for k, v in self.state_dict.items()},
             # per-module state-dict versions (plain data); some layers need them to load
@@ -137,7 +148,7 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def lineage_entry(command: str, options: dict[str, Any], parent: Optional[Path] = None) -> dict[str, Any]:
+def lineage_entry(command: str, options: Mapping[str, Any], parent: Optional[Path] = None) -> dict[str, Any]:
     return {
         "command": command,
         "options": to_plain(options),
@@ -147,6 +158,28 @@ def lineage_entry(command: str, options: dict[str, Any], parent: Optional[Path] 
         "parent": str(parent) if parent else None,
         "parent_sha256": sha256_file(parent) if parent else None,
     }
+
+
+_CARRIED = ("model", "converters", "structure", "masks", "dataset", "extra")
+
+
+def derive(parent: Optional[Checkpoint], stage: str, options: Mapping[str, Any], **fields: Any) -> Checkpoint:
+    """The checkpoint ``stage`` makes from ``parent`` (None: a new model; pass ``model=``).
+
+    The model spec, converters, structure, masks, dataset and extra carry over from the
+    parent unless given; metrics and resume state start empty. The lineage gets one
+    entry: the command, its resolved options, versions, time, and the parent's file and
+    sha256 (the one place lineage is written).
+    """
+    carried = {k: getattr(parent, k) for k in _CARRIED} if parent is not None else {}
+    if parent is not None:
+        carried["masks"] = dict(parent.masks)
+        carried["extra"] = dict(parent.extra)
+    values = {**carried, **fields}
+    values.setdefault("state_dict", {})
+    entry = lineage_entry(stage, options, parent=parent.path if parent is not None else None)
+    lineage = (list(parent.lineage) if parent is not None else []) + [entry]
+    return Checkpoint(lineage=lineage, **values)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -170,16 +203,30 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             raise CheckpointError(
                 f"{path}: refused to load: it contains pickled objects or code, not only tensors and "
                 "plain data (prunecli checkpoints never do; the file was not written by prunecli or was tampered with)"
-            ) from None
-        raise CheckpointError(f"{path}: not a prunecli checkpoint (unreadable pickle data)") from None
+            ) from e
+        raise CheckpointError(f"{path}: not a prunecli checkpoint (unreadable pickle data)") from e
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
+        raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from e
     except Exception as e:  # torch.load fails in many ways on foreign bytes (KeyError, RuntimeError, EOFError...)
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if zipfile.is_zipfile(path) or isinstance(e, EOFError) or "zip archive" in msg:
-            raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({msg})") from None
-        raise CheckpointError(f"{path}: not a prunecli checkpoint ({type(e).__name__}: {msg})") from None
+            raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({msg})") from e
+        raise CheckpointError(f"{path}: not a prunecli checkpoint ({type(e).__name__}: {msg})") from e
     return _from_payload(payload, path)
+
+
+def _upgrade_v1(payload: dict) -> dict:
+    """A version-1 payload in version-2 layout (no converters; best record with its callback)."""
+    payload = dict(payload)
+    payload["converters"] = []
+    resume = payload.get("resume")
+    if isinstance(resume, dict) and "callbacks" not in resume:
+        resume = dict(resume)
+        best = resume.pop("best", None) or {}
+        resume["callbacks"] = {"best": {"top1": best.get("top1"), "epoch": best.get("epoch")}}
+        payload["resume"] = resume
+    payload["version"] = FORMAT_VERSION
+    return payload
 
 
 def _from_payload(payload: Any, path: Path) -> Checkpoint:
@@ -191,6 +238,8 @@ def _from_payload(payload: Any, path: Path) -> Checkpoint:
             f"{path}: checkpoint format version {version} is newer than this prunecli "
             f"({__version__}, format {FORMAT_VERSION}); upgrade prunecli"
         )
+    if version == 1:
+        payload = _upgrade_v1(payload)
     try:
         model = ModelSpec.from_dict(payload["model"])
         dataset = DatasetSpec.from_dict(payload["dataset"]) if payload.get("dataset") else None
@@ -198,7 +247,7 @@ def _from_payload(payload: Any, path: Path) -> Checkpoint:
         if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
             raise TypeError("state_dict is not a dict of tensors")
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: damaged prunecli checkpoint ({e})") from None
+        raise CheckpointError(f"{path}: damaged prunecli checkpoint ({e})") from e
     meta = payload.get("state_dict_metadata")
     if meta:
         state_dict = OrderedDict(state_dict)
@@ -213,62 +262,6 @@ def _from_payload(payload: Any, path: Path) -> Checkpoint:
         lineage=list(payload.get("lineage") or []),
         resume=payload.get("resume"),
         extra=dict(payload.get("extra") or {}),
+        converters=list(payload.get("converters") or []),
         path=path,
     )
-
-
-def code_is_trusted() -> bool:
-    return os.environ.get(TRUST_CODE_ENV, "").lower() in ("1", "true", "yes")
-
-
-def rebuild_model(ckpt: Checkpoint) -> torch.nn.Module:
-    """Build the architecture from the spec, replay the pruning structure, load the weights."""
-    where = ckpt.path or "checkpoint"
-    spec = ckpt.model
-    if is_user_model(spec.name):
-        if not code_is_trusted():
-            raise CheckpointError(
-                f"{where}: its model is built by code outside prunecli ({spec.name}); "
-                f"importing it runs that code: set {TRUST_CODE_ENV}=1 if you trust it"
-            )
-        recorded = ckpt.extra.get("model_code_sha256")
-        if recorded and user_code_sha256(spec.name) not in (None, recorded):
-            from prunecli._console import warn
-
-            warn(f"{spec.name} changed since {where} was written")
-    try:
-        model = build_model(spec)
-    except PruneCliError as e:
-        raise CheckpointError(f"{where}: cannot rebuild its model: {e}") from None
-    if ckpt.structure:
-        from prunecli.models.structure import replay_structure
-
-        replay_structure(model, ckpt.structure, spec, where=str(where))
-    load_state_strict(model, ckpt.state_dict, where=str(where), arch=spec.name)
-    return model
-
-
-def load_state_strict(model: torch.nn.Module, state_dict: dict, *, where: str, arch: str) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    mismatched = [
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing {_few(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {_few(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatch {_few(mismatched)}")
-    if problems:
-        raise CheckpointError(f"{where}: weights do not fit architecture {arch!r}: {'; '.join(problems)}")
-    model.load_state_dict(state_dict, strict=True)
-
-
-def _few(items: list[str], n: int = 3) -> str:
-    more = f" (+{len(items) - n} more)" if len(items) > n else ""
-    return ", ".join(items[:n]) + more

@@ -2,7 +2,17 @@
 
 Library code raises these for user mistakes (bad names, bad values, missing files,
 incompatible checkpoints). Anything else is a bug and is reported as such.
+
+Library code speaks of *config keys* (``rate``, ``batch_size``), the names of the typed
+stage configs (prunecli.config); the command line speaks of *flags* (``--rate``,
+``--batch-size``). An `OptionError` carries its keys as ``{key}`` placeholders, so the
+CLI can name the flag and a ``--config`` file error can name the key.
 """
+
+from __future__ import annotations
+
+import re
+from typing import Callable
 
 
 class PruneCliError(Exception):
@@ -19,3 +29,27 @@ class UsageError(PruneCliError):
 
 class CheckpointError(PruneCliError):
     """A file that is not a loadable prunecli checkpoint, or does not fit the model."""
+
+
+_KEY = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+
+
+class OptionError(PruneCliError):
+    """A bad option value. ``message`` names config keys as ``{key}`` placeholders.
+
+    ``str(error)`` shows the keys as they are (``rate 1.5: ...``); `render` lets the CLI
+    show them as flags (``--rate 1.5: ...``). ``usage=True`` marks a malformed request
+    (conflicting or missing options: exit code 2) rather than a bad value (exit code 1).
+    """
+
+    def __init__(self, message: str, *, usage: bool = False):
+        self.template = message
+        self.exit_code = UsageError.exit_code if usage else PruneCliError.exit_code
+        super().__init__(self.render())
+
+    @property
+    def keys(self) -> list[str]:
+        return _KEY.findall(self.template)
+
+    def render(self, name: Callable[[str], str] = lambda key: key) -> str:
+        return _KEY.sub(lambda m: name(m.group(1)), self.template)

@@ -40,15 +40,16 @@ from pathlib import Path
 
 import torch
 
-from prunecli.checkpoint import Checkpoint, load_checkpoint, rebuild_model, save_checkpoint
+from prunecli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from prunecli.data import DatasetSpec
 from prunecli.engine.distributed import resolve_device
 from prunecli.metrics.complexity import count_complexity
 from prunecli.metrics.latency import measure_latencies
 from prunecli.models import ModelSpec, build_model
+from prunecli.config import CompressConfig, PruneConfig
+from prunecli.stages.checkpoints import rebuild_model
 from prunecli.stages.compress import compress_checkpoint
-from prunecli.surgery.plan import Selection
-from prunecli.stages.prune import PruneConfig, prune_checkpoint
+from prunecli.stages.prune import prune_checkpoint
 
 SETTINGS = {
     "resnet56": ("resnet56", 32, 10, "geomedian", 0.4),
@@ -91,9 +92,9 @@ def main() -> None:
             ds = DatasetSpec("synthetic", classes, 3, size, (0.5,) * 3, (0.25,) * 3, options={"image_size": size, "num_classes": classes})
             src = save_checkpoint(Checkpoint(model=spec, state_dict=dense.state_dict(), dataset=ds), Path(tmp) / f"{key}.pt")
             t0 = time.perf_counter()
-            prune_checkpoint(src, PruneConfig(method=method, selection=Selection(rate=rate)), output=Path(tmp) / f"{key}.m.pt", options={})
+            prune_checkpoint(src, PruneConfig(method=method, rate=rate, device=args.device), output=Path(tmp) / f"{key}.m.pt")
             t1 = time.perf_counter()
-            rep = compress_checkpoint(Path(tmp) / f"{key}.m.pt", output=Path(tmp) / f"{key}.c.pt", options={}, latency=False)
+            rep = compress_checkpoint(Path(tmp) / f"{key}.m.pt", CompressConfig(latency=False), output=Path(tmp) / f"{key}.c.pt")
             t2 = time.perf_counter()
             small = rebuild_model(load_checkpoint(Path(tmp) / f"{key}.c.pt")).eval()
             shape = (3, size, size)

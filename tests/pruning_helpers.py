@@ -7,10 +7,11 @@ from pathlib import Path
 import torch
 
 from prunecli.checkpoint import Checkpoint, save_checkpoint
+from prunecli.config import CompressConfig, PruneConfig
 from prunecli.data import DatasetSpec
 from prunecli.models import ModelSpec, build_model
-from prunecli.surgery.plan import Selection
-from prunecli.stages.prune import PruneConfig, prune_checkpoint
+from prunecli.stages.compress import compress_checkpoint
+from prunecli.stages.prune import prune_checkpoint
 
 
 def make_checkpoint(path: Path, model: str, *, image_size=32, in_channels=3, classes=10, seed=0, dataset=True, **kwargs) -> Path:
@@ -28,5 +29,10 @@ def make_checkpoint(path: Path, model: str, *, image_size=32, in_channels=3, cla
 
 
 def prune(src: Path, out: Path, method="l1", **kw) -> object:
-    sel = Selection(**{k: kw.pop(k) for k in list(kw) if k in Selection.__dataclass_fields__})
-    return prune_checkpoint(src, PruneConfig(method=method, selection=sel, **kw), output=out, options={})
+    # the tests' settings run on the CPU, as the paper tables were checked
+    return prune_checkpoint(src, PruneConfig(method=method, device=kw.pop("device", "cpu"), **kw), output=out)
+
+
+def compress(src: Path, out: Path, **kw) -> object:
+    """compress without latency (the tests check structure, not speed)."""
+    return compress_checkpoint(src, CompressConfig(latency=False, **kw), output=out)

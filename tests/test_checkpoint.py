@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import one_line_error
 
-from prunecli.checkpoint import Checkpoint, load_checkpoint, rebuild_model, save_checkpoint
+from prunecli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from prunecli.stages.checkpoints import rebuild_model
 from prunecli.errors import CheckpointError
 from prunecli.models import ModelSpec
 
@@ -27,7 +28,7 @@ class _RunsCode:
 
 def test_checkpoint_holds_what_design_md_lists(tiny_base):
     payload = torch.load(tiny_base, map_location="cpu", weights_only=True)  # the safe loader reads it as is
-    assert payload["format"] == "prunecli" and payload["version"] == 1
+    assert payload["format"] == "prunecli" and payload["version"] == 2
     assert payload["model"]["name"] == "conv2" and payload["model"]["image_size"] == 8
     assert payload["dataset"]["name"] == "synthetic" and len(payload["dataset"]["mean"]) == 3
     assert payload["structure"] is None and payload["masks"] == {}

@@ -7,7 +7,7 @@ import torch
 
 from prunecli.data._registry import Augment, DataBundle, DatasetSpec, TensorSplit
 from prunecli.data.loaders import TensorBatches, augment_batch, draw_augment_params
-from prunecli.engine.config import TrainConfig
+from prunecli.config import TrainConfig
 from prunecli.engine.loop import evaluate
 from prunecli.engine.optim import build_optimizer, lr_factor
 from prunecli.errors import PruneCliError

@@ -12,15 +12,14 @@ import torch
 import torch.nn as nn
 from conftest import one_line_error
 
-from prunecli.checkpoint import load_checkpoint, rebuild_model, save_checkpoint
+from prunecli.checkpoint import load_checkpoint, save_checkpoint
+from prunecli.stages.checkpoints import rebuild_model
 from prunecli.errors import PruneCliError
-from prunecli.criteria import list_methods
+from prunecli.criteria import list_criteria
 from prunecli.metrics.complexity import count_complexity
 from prunecli.models import list_models
-from prunecli.stages.compress import compress_checkpoint
 from prunecli.surgery.equivalence import outputs, probe_batch
-from prunecli.stages.prune import PruneConfig, prune_checkpoint  # noqa: F401
-from pruning_helpers import make_checkpoint, prune
+from pruning_helpers import compress, make_checkpoint, prune
 
 
 def conv_linear_params(model: nn.Module) -> int:
@@ -63,7 +62,7 @@ def test_li_et_al_macs_and_params(tmp_path, setting):
     model, sel, macs, macs_red, params, params_red = LI_ET_AL[setting]
     src = make_checkpoint(tmp_path / "base.pt", model)
     prune(src, tmp_path / "m.pt", **sel)
-    report = compress_checkpoint(tmp_path / "m.pt", output=tmp_path / "c.pt", options={}, latency=False)
+    report = compress(tmp_path / "m.pt", tmp_path / "c.pt")
     base, small = rebuild_model(load_checkpoint(src)), rebuild_model(load_checkpoint(tmp_path / "c.pt"))
     p0, p1 = conv_linear_params(base), conv_linear_params(small)
     assert to_printed(report.macs_after, macs) == pytest.approx(macs)
@@ -91,7 +90,7 @@ SMALL = {  # small variants keep the matrix fast; the architecture families are 
     "resnext29": dict(cardinality=2, base_width=4),
     "mobilenetv2": dict(width_mult=0.5),
 }
-CHANNEL_METHODS = [m for m in list_methods() if m != "magnitude"]
+CHANNEL_METHODS = [m for m in list_criteria() if m != "magnitude"]
 
 
 def _size(model: str) -> int:
@@ -111,7 +110,7 @@ def test_every_model_and_criterion(tmp_path, model, method):
             return
         raise
     assert r.macs_after < r.macs_before and r.params_after < r.params_before
-    c = compress_checkpoint(tmp_path / "m.pt", output=tmp_path / "c.pt", options={}, latency=False)
+    c = compress(tmp_path / "m.pt", tmp_path / "c.pt")
     assert c.macs_after == r.macs_after and c.params_after == r.params_after  # prune predicted compress exactly
     masked, small = load_checkpoint(tmp_path / "m.pt"), load_checkpoint(tmp_path / "c.pt")
     spec = masked.model
@@ -172,7 +171,7 @@ def test_target_macs_finds_the_rate(tmp_path):
     r = prune(src, tmp_path / "m.pt", target_macs=0.5)
     achieved = 1 - r.macs_after / r.macs_before
     assert 0.5 <= achieved <= 0.56, achieved
-    c = compress_checkpoint(tmp_path / "m.pt", output=tmp_path / "c.pt", options={}, latency=False)
+    c = compress(tmp_path / "m.pt", tmp_path / "c.pt")
     assert c.macs_after == r.macs_after
 
 
@@ -193,7 +192,7 @@ def test_weight_level_magnitude_keeps_shapes_and_compress_says_so(tmp_path):
     w = ck.state_dict["layer2.0.conv1.weight"]
     assert (w == 0).float().mean().item() == pytest.approx(0.5, abs=0.01)
     assert "fc.weight" not in ck.masks  # output layer protected
-    c = compress_checkpoint(tmp_path / "m.pt", output=tmp_path / "c.pt", options={}, latency=False)
+    c = compress(tmp_path / "m.pt", tmp_path / "c.pt")
     assert c.macs_after == c.macs_before and c.masked_weights_left == r.weights_masked
     assert any("nothing removed" in n for n in c.notes)
 
@@ -204,7 +203,7 @@ def test_weight_level_removes_channels_that_became_entirely_zero(tmp_path):
     ck.state_dict["features.0.weight"][3] *= 1e-6  # filter 3 of the first conv: all tiny
     save_checkpoint(ck, src)
     prune(src, tmp_path / "m.pt", method="magnitude", granularity="weight", layer_rate=[("features.0", 0.2)], rate=0.0)
-    c = compress_checkpoint(tmp_path / "m.pt", output=tmp_path / "c.pt", options={}, latency=False)
+    c = compress(tmp_path / "m.pt", tmp_path / "c.pt")
     assert ("features.0", 64, 63) in c.removed  # the dead filter went, with the next conv's inputs
     small = load_checkpoint(tmp_path / "c.pt")
     left = small.masks["features.0.weight"]
@@ -216,9 +215,9 @@ def test_weight_level_removes_channels_that_became_entirely_zero(tmp_path):
 def test_iterative_prune_and_compress_twice(tmp_path):
     src = make_checkpoint(tmp_path / "b.pt", "resnet20", image_size=16)
     prune(src, tmp_path / "m1.pt", rate=0.25)
-    compress_checkpoint(tmp_path / "m1.pt", output=tmp_path / "c1.pt", options={}, latency=False)
+    compress(tmp_path / "m1.pt", tmp_path / "c1.pt")
     prune(tmp_path / "c1.pt", tmp_path / "m2.pt", rate=0.25)
-    c2 = compress_checkpoint(tmp_path / "m2.pt", output=tmp_path / "c2.pt", options={}, latency=False)
+    c2 = compress(tmp_path / "m2.pt", tmp_path / "c2.pt")
     final = load_checkpoint(tmp_path / "c2.pt")
     assert [e["command"] for e in final.lineage] == ["prune", "compress", "prune", "compress"]
     model = rebuild_model(final)  # both structures replayed in order
@@ -291,7 +290,7 @@ def test_finetune_keeps_prune_masks_and_the_result_still_compresses(cli, tmp_pat
         tensor = ft.state_dict[name]
         assert torch.count_nonzero(tensor[~mask]) == 0, name  # includes the option-A shortcut gates
     assert any(n.endswith("shortcut.gate") for n in ft.masks)
-    c = compress_checkpoint(tmp_path / "ft.pt", output=tmp_path / "c.pt", options={}, latency=False)
+    c = compress(tmp_path / "ft.pt", tmp_path / "c.pt")
     assert c.max_abs_diff < 1e-4
 
 
@@ -374,10 +373,11 @@ def test_real_pipe_prune_compress_finetune(tmp_path):
 
 def test_compressed_checkpoint_reloads_in_a_fresh_process(tmp_path, base):
     prune(base, tmp_path / "m.pt", rate=0.5)
-    compress_checkpoint(tmp_path / "m.pt", output=tmp_path / "c.pt", options={}, latency=False)
+    compress(tmp_path / "m.pt", tmp_path / "c.pt")
     code = (
         "import torch, sys\n"
-        "from prunecli.checkpoint import load_checkpoint, rebuild_model\n"
+        "from prunecli.checkpoint import load_checkpoint\n"
+        "from prunecli.stages.checkpoints import rebuild_model\n"
         "from prunecli.surgery.equivalence import outputs, probe_batch\n"
         f"ck = load_checkpoint({str(tmp_path / 'c.pt')!r})\n"
         "torch.save(outputs(rebuild_model(ck), probe_batch(ck.model, 4)), sys.argv[1])\n"
@@ -392,7 +392,7 @@ def test_compressed_checkpoint_reloads_in_a_fresh_process(tmp_path, base):
 
 def test_list_methods(cli):
     r = cli("list", "methods", "--json")
-    names = {d["name"] for d in json.loads(r.stdout)}
+    names = {d["name"] for d in json.loads(r.stdout) if d["kind"] == "criterion"}
     assert names == {"l1", "l2", "geomedian", "slimming", "taylor", "lamp", "hessian", "random", "magnitude"}
 
 

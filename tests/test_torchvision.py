@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunecli.checkpoint import load_checkpoint, rebuild_model
+from prunecli.checkpoint import load_checkpoint
+from prunecli.stages.checkpoints import rebuild_model
 from prunecli.errors import PruneCliError
-from prunecli.stages.compress import compress_checkpoint
 from prunecli.surgery.equivalence import outputs, probe_batch
-from pruning_helpers import make_checkpoint, prune
+from pruning_helpers import compress, make_checkpoint, prune
 
 FAST = [
     "resnet18",
@@ -35,7 +35,7 @@ SLOW = ["wide_resnet50_2", "vgg11_bn", "alexnet", ("inception_v3", 299)]
 def _check_family(tmp_path, name: str, size: int = 64):
     src = make_checkpoint(tmp_path / "base.pt", f"tv:{name}", image_size=size)
     r = prune(src, tmp_path / "m.pt", rate=0.3)
-    c = compress_checkpoint(tmp_path / "m.pt", output=tmp_path / "c.pt", options={}, latency=False)
+    c = compress(tmp_path / "m.pt", tmp_path / "c.pt")
     assert c.macs_after < c.macs_before and c.params_after < c.params_before
     assert c.macs_after == r.macs_after
     masked, small = load_checkpoint(tmp_path / "m.pt"), load_checkpoint(tmp_path / "c.pt")

@@ -63,28 +63,31 @@ def _error(message: str, code: int) -> "NoReturn":  # noqa: F821
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point. Exit codes: 0 ok, 1 error, 2 usage error, 130 interrupted."""
-    from typer._click import exceptions as click_exc
+    from typer.exceptions import TyperException
 
-    from prunecli.errors import PruneCliError
+    from prunecli.config import flag_for
+    from prunecli.errors import OptionError, PruneCliError
 
     debug = os.environ.get("PRUNECLI_DEBUG", "") not in ("", "0")
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=argv, prog_name="prunecli", standalone_mode=False)
-    except click_exc.NoArgsIsHelpError as e:
-        sys.stderr.write(e.format_message() + "\n")
-        raise SystemExit(2) from None
-    except click_exc.UsageError as e:
+    except TyperException as e:  # click's errors: usage (exit 2) and the like
+        if type(e).__name__ == "NoArgsIsHelpError":  # `prunecli` or `prunecli list` alone: the help text
+            sys.stderr.write(e.format_message() + "\n")
+            raise SystemExit(2) from None
         if debug:
             raise
-        where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
-        _error(f"{e.format_message()}{where}", 2)
-    except click_exc.ClickException as e:
-        if debug:
-            raise
-        _error(e.format_message(), e.exit_code or 1)
+        code = getattr(e, "exit_code", 1) or 1
+        ctx = getattr(e, "ctx", None)
+        where = f" (see '{ctx.command_path} --help')" if code == 2 and ctx is not None else ""
+        _error(f"{e.format_message()}{where}", code)
     except typer.Abort:
         _error("aborted", 130)
+    except OptionError as e:  # library errors name config keys; a user of the CLI knows flags
+        if debug:
+            raise
+        _error(e.render(flag_for), e.exit_code)
     except PruneCliError as e:
         if debug:
             raise

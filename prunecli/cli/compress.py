@@ -7,32 +7,17 @@ from typing import Annotated
 
 import typer
 
-from prunecli.cli._common import (
-    PANEL_RUN,
-    BatchSizeOpt,
-    ConfigOpt,
-    DeviceOpt,
-    JsonOpt,
-    OutputOpt,
-    emit_json,
-    emit_path,
-    input_checkpoint,
-    output_next_to,
-    resolved_options,
-)
+from prunecli.cli._common import emit_json, emit_path, input_checkpoint, output_next_to
+from prunecli.cli._options import config_from, options_from
 from prunecli.cli._render import human
+from prunecli.config import CompressConfig
 
 
+@options_from(CompressConfig)
 def compress(
+    ctx: typer.Context,
     checkpoint: Annotated[Path, typer.Argument(help="Masked checkpoint ('-' reads the path from stdin).", show_default=False)],
-    batch_size: BatchSizeOpt = 32,
-    device: DeviceOpt = "cpu",
-    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure latency before and after.", rich_help_panel=PANEL_RUN)] = True,
-    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed batches per model.", rich_help_panel=PANEL_RUN)] = 10,
-    json: JsonOpt = False,
-    output: OutputOpt = None,
-    config: ConfigOpt = None,
-    ctx: typer.Context = None,
+    **options,
 ) -> None:
     """Remove masked channels through the dependency graph; check masked == compressed.
 
@@ -43,14 +28,10 @@ def compress(
     """
     from prunecli.stages.compress import compress_checkpoint
 
+    cfg = config_from(ctx, CompressConfig, options)
     source = input_checkpoint(checkpoint)
-    out = output_next_to(source, "compressed", output)
-    options = resolved_options(ctx)
-    options["checkpoint"] = str(source)
-    report = compress_checkpoint(
-        source, output=out, options=options, batch_size=batch_size, device=device, latency=latency, repeats=repeats
-    )
-    if json:
+    report = compress_checkpoint(source, cfg, output=output_next_to(source, "compressed", cfg.output))
+    if cfg.json:
         emit_json(report.to_json())
         return
     _print_report(report)

@@ -7,38 +7,17 @@ from typing import Annotated
 
 import typer
 
-from prunecli.cli._common import (
-    PANEL_OUT,
-    PANEL_RUN,
-    BatchSizeOpt,
-    ConfigOpt,
-    DataDirOpt,
-    DatasetOpt,
-    DeviceOpt,
-    DownloadOpt,
-    JsonOpt,
-    WorkersOpt,
-    emit_json,
-    input_checkpoint,
-)
+from prunecli.cli._common import emit_json, input_checkpoint
+from prunecli.cli._options import config_from, options_from
 from prunecli.cli._render import human, layer_widths_table
+from prunecli.config import EvaluateConfig
 
-CheckpointsArg = Annotated[list[Path], typer.Argument(help="Checkpoints ('-' reads a path from stdin).", show_default=False)]
 
-
+@options_from(EvaluateConfig)
 def evaluate(
-    checkpoints: CheckpointsArg,
-    dataset: DatasetOpt = None,
-    data: DataDirOpt = None,
-    download: DownloadOpt = False,
-    batch_size: BatchSizeOpt = 64,
-    device: DeviceOpt = "auto",
-    workers: WorkersOpt = 4,
-    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure latency (median of timed batches).", rich_help_panel=PANEL_RUN)] = True,
-    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Timed batches per model for latency.", rich_help_panel=PANEL_RUN)] = 15,
-    layers: Annotated[bool, typer.Option("--layers/--no-layers", help="Show per-layer widths.", rich_help_panel=PANEL_OUT)] = True,
-    json: JsonOpt = False,
-    config: ConfigOpt = None,
+    ctx: typer.Context,
+    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoints ('-' reads a path from stdin).", show_default=False)],
+    **options,
 ) -> None:
     """Evaluate checkpoints on their test set: top-1/top-5, loss, MACs, params, latency, widths.
 
@@ -48,23 +27,13 @@ def evaluate(
     """
     from prunecli.stages.evaluate import evaluate_checkpoints
 
-    paths = [input_checkpoint(p) for p in checkpoints]
-    reports = evaluate_checkpoints(
-        paths,
-        dataset=dataset,
-        data=data,
-        download=download,
-        batch_size=batch_size,
-        device=device,
-        workers=workers,
-        latency=latency,
-        latency_repeats=repeats,
-    )
-    if json:
+    cfg = config_from(ctx, EvaluateConfig, options)
+    reports = evaluate_checkpoints([input_checkpoint(p) for p in checkpoints], cfg)
+    if cfg.json:
         objs = [r.to_json() for r in reports]  # per-layer detail: prunecli info CKPT --json --layers
         emit_json(objs[0] if len(objs) == 1 else objs)
         return
-    _print_reports(reports, layers)
+    _print_reports(reports, cfg.layers)
 
 
 def _print_reports(reports, show_layers: bool) -> None:

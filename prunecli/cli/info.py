@@ -7,54 +7,29 @@ from typing import Annotated
 
 import typer
 
-from prunecli.cli._common import PANEL_OUT, ConfigOpt, JsonOpt, emit_json, input_checkpoint
+from prunecli.cli._common import emit_json, input_checkpoint
+from prunecli.cli._options import config_from, options_from
 from prunecli.cli._render import human, layer_widths_table
+from prunecli.config import InfoConfig
 
 
+@options_from(InfoConfig)
 def info(
+    ctx: typer.Context,
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint ('-' reads the path from stdin).", show_default=False)],
-    layers: Annotated[
-        bool, typer.Option("--layers", help="List the conv/linear layers by name (the names --layer-rate/--skip match).", rich_help_panel=PANEL_OUT)
-    ] = False,
-    json: JsonOpt = False,
-    config: ConfigOpt = None,
+    **options,
 ) -> None:
     """Show a checkpoint's model, dataset, metrics, lineage, structure and (with --layers) layers."""
-    from prunecli.checkpoint import load_checkpoint, rebuild_model, to_plain
-    from prunecli.metrics.complexity import count_complexity
-    from prunecli.metrics.layers import layer_table
+    from prunecli.stages.inspect import checkpoint_summary
 
-    path = input_checkpoint(checkpoint)
-    ckpt = load_checkpoint(path)
-    model = rebuild_model(ckpt)
-    shape = (ckpt.model.in_channels, ckpt.model.image_size, ckpt.model.image_size)
-    cx = count_complexity(model, shape)
-    table = layer_table(model, ckpt.masks)
-    masked = sum(int((~m).sum().item()) for m in ckpt.masks.values())
-    summary = {
-        "checkpoint": str(path),
-        "stage": ckpt.stage,
-        "model": ckpt.model.to_dict(),
-        "dataset": ckpt.dataset.to_dict() if ckpt.dataset else None,
-        "macs": cx.macs,
-        "params": cx.params,
-        "compressed": bool(ckpt.structure),
-        "structure_steps": len(ckpt.structure or []),
-        "masked_parameters": len(ckpt.masks),
-        "masked_entries": masked,
-        "metrics": ckpt.metrics,
-        "lineage": ckpt.lineage,
-        "resume": {"stage": ckpt.resume["stage"], "epoch": ckpt.resume["epoch"], "epochs": ckpt.resume["config"].get("epochs")}
-        if ckpt.resume
-        else None,
-        "extra_keys": sorted(ckpt.extra),
-    }
-    if json:
-        if layers:
+    cfg = config_from(ctx, InfoConfig, options)
+    summary, table = checkpoint_summary(input_checkpoint(checkpoint))
+    if cfg.json:
+        if cfg.layers:
             summary["layers"] = [vars(layer) for layer in table]
-        emit_json(to_plain(summary))
+        emit_json(summary)
         return
-    _print_info(summary, table, layers)
+    _print_info(summary, table, cfg.layers)
 
 
 def _print_info(s: dict, table, show_layers: bool) -> None:

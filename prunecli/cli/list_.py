@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from prunecli.cli._common import ConfigOpt, JsonOpt, emit_json
+from prunecli.cli._common import emit_json
+from prunecli.cli._options import config_from, options_from
+from prunecli.config import ListConfig
 
 
 class What(str, enum.Enum):
@@ -16,42 +18,82 @@ class What(str, enum.Enum):
     methods = "methods"
 
 
-def list_(
-    what: Annotated[What, typer.Argument(help="What to list.")],
-    json: JsonOpt = False,
-    config: ConfigOpt = None,
-) -> None:
-    """List the registered models, datasets or pruning methods with a one-line description each."""
+def _method_rows() -> list[dict]:
+    """Criteria (what scores a structure) and algorithms (when and how pruning happens)."""
+    from prunecli.algorithms import algorithm_description, get_algorithm, list_algorithms
+    from prunecli.criteria import criterion_class, criterion_description, get_criterion, hyperparameters, list_criteria
+
+    rows = []
+    for name in list_criteria():
+        cls = criterion_class(name)
+        rows.append(
+            {
+                "name": name,
+                "kind": "criterion",
+                "description": criterion_description(name),
+                "granularities": list(cls.granularities),
+                "needs_data": cls.needs_data,
+                "hyperparameters": hyperparameters(cls),
+            }
+        )
+    for name in list_algorithms():
+        algorithm = get_algorithm(name)
+        accepted = [c for c in list_criteria() if algorithm.accepts(get_criterion(c)) is None]
+        rows.append({"name": name, "kind": "algorithm", "description": algorithm_description(name), "criteria": accepted})
+    return rows
+
+
+@options_from(ListConfig)
+def list_(ctx: typer.Context, what: Annotated[What, typer.Argument(help="What to list.")], **options) -> None:
+    """List the registered models, datasets or pruning methods (criteria and algorithms) with a one-line description each."""
+    cfg = config_from(ctx, ListConfig, options)
     if what is What.models:
         from prunecli.models import list_models, model_description
 
-        rows = [(n, model_description(n)) for n in list_models()]
-        rows.append(("tv:NAME", "any torchvision classification model, e.g. tv:resnet50 (weights=None unless --model-arg weights=...)"))
-        rows.append(("FILE.py:FACTORY", "your own model: a function returning an nn.Module (also pkg.module:factory)"))
+        rows = [{"name": n, "description": model_description(n)} for n in list_models()]
+        rows.append({"name": "tv:NAME", "description": "any torchvision classification model, e.g. tv:resnet50 (weights=None unless --model-arg weights=...)"})
+        rows.append({"name": "FILE.py:FACTORY", "description": "your own model: a function returning an nn.Module (also pkg.module:factory)"})
     elif what is What.datasets:
         from prunecli.data import dataset_description, list_datasets
 
-        rows = [(n, dataset_description(n)) for n in list_datasets()]
+        rows = [{"name": n, "description": dataset_description(n)} for n in list_datasets()]
     else:
-        from prunecli.criteria import list_methods, method_description
-
-        rows = [(n, method_description(n)) for n in list_methods()]
-    if json:
-        emit_json([{"name": n, "description": d} for n, d in rows])
+        rows = _method_rows()
+    if cfg.json:
+        emit_json(rows)
         return
+    _print_rows(rows, what)
+
+
+def _print_rows(rows: list[dict], what: What) -> None:
     import sys
 
+    from rich.console import Console
     from rich.table import Table
 
-    from prunecli._console import console
-
-    table = Table(show_edge=False, pad_edge=False, show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    for n, d in rows:
-        table.add_row(n, d)
     # a listing is the command's result: stdout, so that `prunecli list models | grep vgg` works
-    from rich.console import Console
-
-    Console(file=sys.stdout, highlight=False).print(table)
-    del console
+    out = Console(file=sys.stdout, highlight=False)
+    if what is not What.methods:
+        table = Table(show_edge=False, pad_edge=False, show_header=False)
+        table.add_column(style="bold")
+        table.add_column()
+        for r in rows:
+            table.add_row(r["name"], r["description"])
+        out.print(table)
+        return
+    criteria = Table(title="criteria: what scores a channel or weight (--method)", title_justify="left", show_edge=False, pad_edge=False)
+    for col in ("name", "granularity", "data", "hyper-parameters", "paper"):
+        criteria.add_column(col, style="bold" if col == "name" else None)
+    for r in rows:
+        if r["kind"] == "criterion":
+            criteria.add_row(r["name"], ", ".join(r["granularities"]), "yes" if r["needs_data"] else "", ", ".join(r["hyperparameters"]), r["description"])
+    algorithms = Table(title="algorithms: when and how pruning happens", title_justify="left", show_edge=False, pad_edge=False)
+    for col in ("name", "criteria it takes", "what"):
+        algorithms.add_column(col, style="bold" if col == "name" else None)
+    for r in rows:
+        if r["kind"] == "algorithm":
+            every = len(r["criteria"]) == sum(1 for x in rows if x["kind"] == "criterion")
+            algorithms.add_row(r["name"], "any" if every else ", ".join(r["criteria"]), r["description"])
+    out.print(criteria)
+    out.print()
+    out.print(algorithms)

@@ -1,19 +1,24 @@
-"""Pruning methods: `register_method`, `list_methods`, `get_method`, and the `Criterion` contract.
+"""Pruning criteria: `register_criterion`, `list_criteria`, `get_criterion`, and the contract.
 
-A method module holds one `Criterion` subclass whose docstring opens with the paper
-(title, venue, arXiv id) and registers it with ``@register_method("name")``.
+A *criterion* scores structures; *when* and *how* pruning happens is an algorithm's
+business (prunecli.algorithms). A criterion module holds one `Criterion` subclass whose
+docstring opens with the paper (title, venue, arXiv id) and registers it with
+``@register_criterion("name")``. Hyper-parameters are constructor arguments, validated
+there: ``get_criterion("geomedian", mix_norm=0.1)``.
 
 Contract (units are Torch-Pruning dependency groups, see prunecli.surgery.units.Unit):
 
-* ``channel_scores(unit, ctx) -> Tensor[unit.channels]`` -- higher means more important;
+* ``channel_scores(unit) -> Tensor[unit.channels]`` -- higher means more important;
   channel c of the unit is entry c (producers map their filters to unit channels through
-  ``Producer.local_idxs`` / ``Producer.root_idxs``).
-* ``select_channels(unit, n_prune, ctx) -> LongTensor`` -- which n_prune channels to remove;
+  ``Producer.local_idxs`` / ``Producer.root_idxs``). None: this criterion cannot score
+  the unit (slimming without a BatchNorm), which is then left whole.
+* ``select_channels(unit, n_prune) -> LongTensor`` -- which n_prune channels to remove;
   the default removes the lowest scores (ties: lower index first). FPGM-mix overrides it.
-* ``weight_scores(name, param, ctx) -> Tensor`` (same shape as ``param``) -- for
+* ``weight_scores(name, param) -> Tensor`` (same shape as ``param``) -- for
   ``--granularity weight``; higher means keep.
-* ``prepare(model, units, ctx)`` -- one pass over calibration batches for criteria that
-  need gradients (``needs_data = True``); called once before any scoring.
+* ``prepare(model, units, calibration)`` -- called once before any scoring; criteria that
+  need gradients (``needs_data = True``) read the calibration batches here, on the
+  model's device, and keep what they accumulate on the instance.
 * ``global_normalizer`` -- how channel scores of one unit are made comparable with other
   units' for ``--scope global``: "mean" (divide by the unit's mean score), "lamp", or None
   (raw scores already comparable, e.g. BatchNorm scales).
@@ -25,51 +30,60 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 
 from prunecli._registry import Registry
+from prunecli.errors import OptionError, PruneCliError
 
-_METHODS: Registry[type] = Registry("method")
+_CRITERIA: Registry[type["Criterion"]] = Registry("method")
 
 
-def register_method(name: str):
+def register_criterion(name: str):
     def wrap(cls):
         cls.name = name
-        return _METHODS.register(name, cls)
+        return _CRITERIA.register(name, cls)
 
     return wrap
 
 
-def list_methods() -> list[str]:
-    _import_methods()
-    return _METHODS.names()
+def list_criteria() -> list[str]:
+    _import_criteria()
+    return _CRITERIA.names()
 
 
-def get_method(name: str) -> "Criterion":
-    _import_methods()
-    return _METHODS.get(name)()
+def criterion_class(name: str) -> type["Criterion"]:
+    _import_criteria()
+    return _CRITERIA.get(name)
 
 
-def method_description(name: str) -> str:
-    _import_methods()
-    doc = inspect.getdoc(_METHODS.get(name)) or ""
+def hyperparameters(cls: type["Criterion"]) -> list[str]:
+    """The constructor arguments of a criterion class."""
+    return [n for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self" and p.kind is p.KEYWORD_ONLY]
+
+
+def get_criterion(name: str, **hparams: Any) -> "Criterion":
+    """The criterion ``name`` built with its hyper-parameters; an unknown one names who takes it."""
+    cls = criterion_class(name)
+    accepted = hyperparameters(cls)
+    for key in hparams:
+        if key not in accepted:
+            takers = [n for n in list_criteria() if key in hyperparameters(_CRITERIA.get(n))]
+            raise OptionError(
+                f"criterion {name!r} takes no {{{key}}} (its hyper-parameters: {', '.join(accepted) or 'none'}"
+                f"{'; ' + key + ' goes with ' + ', '.join(takers) if takers else ''})",
+                usage=True,
+            )
+    return cls(**hparams)
+
+
+def criterion_description(name: str) -> str:
+    doc = inspect.getdoc(criterion_class(name)) or ""
     return doc.splitlines()[0] if doc else ""
 
 
-@dataclass
-class ScoringContext:
-    """What criteria may use besides the weights."""
-
-    model: torch.nn.Module
-    seed: int = 0
-    device: torch.device = torch.device("cpu")
-    # calibration data: a callable returning an iterable of (inputs, labels) on `device`
-    calibration: Optional[Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]] = None
-    mix_norm: float = 0.0  # FPGM-mix: share of the pruned channels chosen by norm
-    state: dict[str, Any] = field(default_factory=dict)  # what prepare() accumulated
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 class Criterion:
@@ -79,17 +93,30 @@ class Criterion:
     global_normalizer: Optional[str] = "mean"
     weight_global_normalizer: Optional[str] = None
 
-    def prepare(self, model, units, ctx: ScoringContext) -> None:
+    def __init__(self) -> None:
         pass
 
-    def channel_scores(self, unit, ctx: ScoringContext) -> torch.Tensor:
+    def prepare(self, model: torch.nn.Module, units: list, calibration: Optional[Batches]) -> None:
+        pass
+
+    def channel_scores(self, unit) -> Optional[torch.Tensor]:
         raise NotImplementedError(f"{self.name} has no channel-level scores")
 
-    def select_channels(self, unit, n_prune: int, ctx: ScoringContext) -> torch.Tensor:
-        return lowest(self.channel_scores(unit, ctx), n_prune)
+    def select_channels(self, unit, n_prune: int) -> torch.Tensor:
+        return lowest(self.channel_scores(unit), n_prune)
 
-    def weight_scores(self, name: str, param: torch.Tensor, ctx: ScoringContext) -> torch.Tensor:
+    def weight_scores(self, name: str, param: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} has no weight-level scores")
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={getattr(self, k)!r}" for k in hyperparameters(type(self)))
+        return f"{type(self).__name__}({args})"
+
+
+def require_calibration(calibration: Optional[Batches], name: str) -> Batches:
+    if calibration is None:
+        raise PruneCliError(f"{name} needs calibration data (a dataset to compute gradients on)")
+    return calibration
 
 
 def lowest(scores: torch.Tensor, n: int) -> torch.Tensor:
@@ -111,6 +138,6 @@ def scatter_to_unit(unit, values: list[torch.Tensor], producers) -> torch.Tensor
 _MODULES = ("norm", "geomedian", "slimming", "taylor", "lamp", "hessian", "random", "magnitude")
 
 
-def _import_methods() -> None:
+def _import_criteria() -> None:
     for mod in _MODULES:
         importlib.import_module(f"prunecli.criteria.{mod}")

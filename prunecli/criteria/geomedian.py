@@ -12,8 +12,8 @@ from dataclasses import replace
 
 import torch
 
-from prunecli.errors import PruneCliError
-from prunecli.criteria._registry import Criterion, lowest, register_method, scatter_to_unit
+from prunecli.errors import OptionError
+from prunecli.criteria._registry import Criterion, lowest, register_criterion, scatter_to_unit
 from prunecli.criteria.norm import filter_norms, producer_filters
 
 
@@ -31,12 +31,12 @@ def distance_sums(unit, alive: torch.Tensor) -> torch.Tensor:
     return scatter_to_unit(unit, sums, views)
 
 
-@register_method("geomedian")
+@register_criterion("geomedian")
 class GeometricMedian(Criterion):
     """He et al., "Filter Pruning via Geometric Median for Deep Convolutional Neural Networks Acceleration", CVPR 2019, arXiv:1811.00250.
 
     Score of filter i = sum_j ||F_i - F_j||_2 over the layer's raw flattened filters; the
-    smallest sums (nearest the geometric median) are pruned. FPGM-mix (``ctx.mix_norm`` =
+    smallest sums (nearest the geometric median) are pruned. FPGM-mix (``mix_norm`` =
     F in [0, 1]): round(F * n) channels with the smallest L2 filter norm go first, then the
     rest by distance sums computed among the norm-surviving filters only, as the reference
     does. Channel granularity only.
@@ -45,14 +45,17 @@ class GeometricMedian(Criterion):
     granularities = ("channel",)
     global_normalizer = "mean"
 
-    def channel_scores(self, unit, ctx) -> torch.Tensor:
+    def __init__(self, *, mix_norm: float = 0.0):
+        super().__init__()
+        if not 0.0 <= float(mix_norm) <= 1.0:
+            raise OptionError(f"{{mix_norm}} {mix_norm}: the FPGM-mix norm share must be in [0, 1]")
+        self.mix_norm = float(mix_norm)
+
+    def channel_scores(self, unit) -> torch.Tensor:
         return distance_sums(unit, torch.ones(unit.channels, dtype=torch.bool))
 
-    def select_channels(self, unit, n_prune: int, ctx) -> torch.Tensor:
-        share = float(ctx.mix_norm)
-        if not 0.0 <= share <= 1.0:
-            raise PruneCliError(f"FPGM-mix norm share must be in [0, 1], got {share}")
-        n_norm = int(share * n_prune + 0.5)  # round half up; Python's round() is banker's
+    def select_channels(self, unit, n_prune: int) -> torch.Tensor:
+        n_norm = int(self.mix_norm * n_prune + 0.5)  # round half up; Python's round() is banker's
         by_norm = lowest(filter_norms(unit, 2), n_norm)
         alive = torch.ones(unit.channels, dtype=torch.bool)
         alive[by_norm] = False

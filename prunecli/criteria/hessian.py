@@ -9,11 +9,13 @@ reused.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from prunecli.errors import PruneCliError
-from prunecli.criteria._registry import Criterion, register_method
-from prunecli.criteria.taylor import calibration_batches, gradient_pass, parameter_grads, per_channel_sum, stored
+from prunecli.criteria._registry import Batches, Criterion, register_criterion, require_calibration
+from prunecli.criteria.taylor import gradient_pass, not_prepared, parameter_grads, per_channel_sum
 
 
 def empirical_fisher(model, batches) -> dict[str, torch.Tensor]:
@@ -33,7 +35,7 @@ def empirical_fisher(model, batches) -> dict[str, torch.Tensor]:
     return {n: s / samples for n, s in fisher.items()}
 
 
-@register_method("hessian")
+@register_criterion("hessian")
 class Hessian(Criterion):
     """LeCun et al., "Optimal Brain Damage", NIPS 1989 (empirical-Fisher diagonal Hessian).
 
@@ -47,12 +49,21 @@ class Hessian(Criterion):
     needs_data = True
     global_normalizer = "mean"
 
-    def prepare(self, model, units, ctx) -> None:
-        ctx.state[self.name] = {"fisher": empirical_fisher(model, calibration_batches(ctx, self.name))}
+    def __init__(self) -> None:
+        super().__init__()
+        self._fisher: Optional[dict[str, torch.Tensor]] = None
 
-    def channel_scores(self, unit, ctx) -> torch.Tensor:
-        fisher = stored(ctx, self.name)["fisher"]
+    def prepare(self, model, units, calibration: Optional[Batches]) -> None:
+        self._fisher = empirical_fisher(model, require_calibration(calibration, self.name))
+
+    def _fisher_or_fail(self) -> dict[str, torch.Tensor]:
+        if self._fisher is None:
+            raise not_prepared(self.name)
+        return self._fisher
+
+    def channel_scores(self, unit) -> torch.Tensor:
+        fisher = self._fisher_or_fail()
         return per_channel_sum(unit, lambda n, p: 0.5 * fisher[n] * p.pow(2))
 
-    def weight_scores(self, name, param, ctx) -> torch.Tensor:
-        return 0.5 * stored(ctx, self.name)["fisher"][name] * param.detach().pow(2)
+    def weight_scores(self, name, param) -> torch.Tensor:
+        return 0.5 * self._fisher_or_fail()[name] * param.detach().pow(2)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from prunecli.criteria._registry import Criterion, register_method, scatter_to_unit
+from prunecli.criteria._registry import Criterion, register_criterion, scatter_to_unit
 from prunecli.criteria.norm import producer_filters
 
 
@@ -27,7 +27,7 @@ def lamp_normalize(squares: torch.Tensor) -> torch.Tensor:
     return out.view(squares.shape)
 
 
-@register_method("lamp")
+@register_criterion("lamp")
 class LAMP(Criterion):
     """Lee et al., "Layer-adaptive Sparsity for the Magnitude-based Pruning", ICLR 2021, arXiv:2010.07611.
 
@@ -40,9 +40,9 @@ class LAMP(Criterion):
     granularities = ("channel", "weight")
     global_normalizer = None
 
-    def channel_scores(self, unit, ctx) -> torch.Tensor:
+    def channel_scores(self, unit) -> torch.Tensor:
         squares = [producer_filters(p).pow(2).sum(1) for p in unit.producers]
         return lamp_normalize(scatter_to_unit(unit, squares, unit.producers))
 
-    def weight_scores(self, name, param, ctx) -> torch.Tensor:
+    def weight_scores(self, name, param) -> torch.Tensor:
         return lamp_normalize(param.detach().pow(2)).to(param.device)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 
 from prunecli.errors import PruneCliError
-from prunecli.criteria._registry import Criterion, register_method
+from prunecli.criteria._registry import Criterion, register_criterion
 
 
-@register_method("magnitude")
+@register_criterion("magnitude")
 class Magnitude(Criterion):
     """Han et al., "Learning both Weights and Connections for Efficient Neural Networks", NIPS 2015, arXiv:1506.02626.
 
@@ -22,8 +22,8 @@ class Magnitude(Criterion):
     granularities = ("weight",)
     global_normalizer = None
 
-    def channel_scores(self, unit, ctx) -> torch.Tensor:
+    def channel_scores(self, unit) -> torch.Tensor:
         raise PruneCliError("magnitude scores single weights: use --granularity weight, or l1 / l2 for channels")
 
-    def weight_scores(self, name, param, ctx) -> torch.Tensor:
+    def weight_scores(self, name, param) -> torch.Tensor:
         return param.detach().abs()

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from prunecli.errors import PruneCliError
-from prunecli.criteria._registry import Criterion, register_method, scatter_to_unit
+from prunecli.criteria._registry import Criterion, register_criterion, scatter_to_unit
+from prunecli.surgery.units import Producer, Unit
 
 
 def output_filters(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
@@ -35,13 +36,13 @@ def output_filters(module: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
     return tensor.flatten(1)
 
 
-def producer_filters(producer) -> torch.Tensor:
+def producer_filters(producer: Producer) -> torch.Tensor:
     """The producer's filters in ``local_idxs`` order, float64 on the CPU, one row each."""
     weight = producer.module.weight.detach().cpu().double()
     return output_filters(producer.module, weight)[producer.local_idxs]
 
 
-def filter_norms(unit, p: float) -> torch.Tensor:
+def filter_norms(unit: Unit, p: float) -> torch.Tensor:
     """Each unit channel's filter p-norm, averaged over the producers that hold it."""
     norms = [producer_filters(q).norm(p=p, dim=1) for q in unit.producers]
     return scatter_to_unit(unit, norms, unit.producers)
@@ -52,14 +53,14 @@ class _FilterNorm(Criterion):
     global_normalizer = "mean"  # norms scale with fan-in; divide by each unit's mean
     p: float = 2.0
 
-    def channel_scores(self, unit, ctx) -> torch.Tensor:
+    def channel_scores(self, unit: Unit) -> torch.Tensor:
         return filter_norms(unit, self.p)
 
-    def weight_scores(self, name, param, ctx) -> torch.Tensor:
+    def weight_scores(self, name: str, param: torch.Tensor) -> torch.Tensor:
         return param.detach().abs()
 
 
-@register_method("l1")
+@register_criterion("l1")
 class L1Norm(_FilterNorm):
     """Li et al., "Pruning Filters for Efficient ConvNets", ICLR 2017, arXiv:1608.08710.
 
@@ -69,7 +70,7 @@ class L1Norm(_FilterNorm):
     p = 1.0
 
 
-@register_method("l2")
+@register_criterion("l2")
 class L2Norm(_FilterNorm):
     """He et al., "Soft Filter Pruning for Accelerating Deep Convolutional Neural Networks", IJCAI 2018, arXiv:1808.06866.
 

@@ -11,7 +11,7 @@ import hashlib
 
 import torch
 
-from prunecli.criteria._registry import Criterion, register_method
+from prunecli.criteria._registry import Criterion, register_criterion
 
 
 def stream_seed(seed: int, key: str) -> int:
@@ -25,19 +25,23 @@ def uniform(seed: int, key: str, shape) -> torch.Tensor:
     return torch.rand(shape, generator=generator, dtype=torch.float64)
 
 
-@register_method("random")
+@register_criterion("random")
 class Random(Criterion):
     """Random channels or weights (baseline; see Liu et al., "Rethinking the Value of Network Pruning", ICLR 2019, arXiv:1810.05270).
 
     Scores are uniform in [0, 1), drawn per unit (channel) or per parameter (weight) from a
-    stream seeded by ``ctx.seed`` and the unit's root / the parameter's name.
+    stream seeded by ``seed`` and the unit's root / the parameter's name.
     """
 
     granularities = ("channel", "weight")
     global_normalizer = None
 
-    def channel_scores(self, unit, ctx) -> torch.Tensor:
-        return uniform(ctx.seed, f"unit:{unit.root}", unit.channels)
+    def __init__(self, *, seed: int = 0):
+        super().__init__()
+        self.seed = int(seed)
 
-    def weight_scores(self, name, param, ctx) -> torch.Tensor:
-        return uniform(ctx.seed, f"param:{name}", param.shape).to(param.device)
+    def channel_scores(self, unit) -> torch.Tensor:
+        return uniform(self.seed, f"unit:{unit.root}", unit.channels)
+
+    def weight_scores(self, name, param) -> torch.Tensor:
+        return uniform(self.seed, f"param:{name}", param.shape).to(param.device)

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from prunecli.criteria._registry import Criterion, register_method, scatter_to_unit
+from prunecli.criteria._registry import Criterion, register_criterion, scatter_to_unit
 
 
 def batchnorms(unit) -> list:
@@ -20,7 +20,7 @@ def batchnorms(unit) -> list:
     return [n for n in unit.norms if isinstance(n.module, nn.modules.batchnorm._BatchNorm) and n.module.affine]
 
 
-@register_method("slimming")
+@register_criterion("slimming")
 class NetworkSlimming(Criterion):
     """Liu et al., "Learning Efficient Convolutional Networks through Network Slimming", ICCV 2017, arXiv:1708.06519.
 
@@ -34,7 +34,7 @@ class NetworkSlimming(Criterion):
     granularities = ("channel",)
     global_normalizer = None
 
-    def channel_scores(self, unit, ctx) -> Optional[torch.Tensor]:
+    def channel_scores(self, unit) -> Optional[torch.Tensor]:
         bns = batchnorms(unit)
         if not bns:
             return None

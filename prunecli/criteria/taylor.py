@@ -5,21 +5,22 @@ not reused: it checks for GroupNorm's pruning function where BatchNorm's is mean
 BatchNorm terms are silently dropped, and it sums |g*w| per weight rather than squaring the
 channel's summed g*w as the paper does.
 
-`gradient_pass`, `calibration_batches` and `per_channel_sum` are shared with hessian.py.
+`gradient_pass`, `parameter_grads` and `per_channel_sum` are shared with hessian.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from prunecli.criteria._registry import Batches, Criterion, register_criterion, require_calibration
 from prunecli.errors import PruneCliError
-from prunecli.criteria._registry import Criterion, register_method
 from prunecli.criteria.norm import output_filters
+from prunecli.models.layers import is_prunable
+from prunecli.surgery.units import Producer, Unit
 
 
 @contextlib.contextmanager
@@ -46,12 +47,6 @@ def gradient_pass(model) -> Iterator[list[tuple[str, torch.Tensor]]]:
             m.training = training
 
 
-def calibration_batches(ctx, method: str):
-    if ctx.calibration is None:
-        raise PruneCliError(f"{method} needs calibration data (a dataset to compute gradients on)")
-    return ctx.calibration()
-
-
 def parameter_grads(model, named, inputs, labels) -> dict[str, torch.Tensor]:
     """Gradient of the mean cross-entropy on (inputs, labels) for every named parameter."""
     loss = F.cross_entropy(model(inputs), labels)
@@ -60,7 +55,7 @@ def parameter_grads(model, named, inputs, labels) -> dict[str, torch.Tensor]:
     return {n: torch.zeros_like(p) if g is None else g.detach() for (n, p), g in zip(named, grads)}
 
 
-def channel_parameters(unit) -> Iterator[tuple[str, torch.Tensor, object]]:
+def channel_parameters(unit: Unit) -> Iterator[tuple[str, torch.Tensor, Producer]]:
     """(name, parameter, layer view) of every tensor removed with the unit's channels:
     the producers' filters and biases and the norms' weights and biases."""
     for view in [*unit.producers, *unit.norms]:
@@ -70,28 +65,31 @@ def channel_parameters(unit) -> Iterator[tuple[str, torch.Tensor, object]]:
                 yield f"{view.name}.{attr}", param, view
 
 
-def per_channel_sum(unit, values: Callable[[str, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """Sum of ``values(name, param)`` (shaped like param) over each unit channel's entries."""
-    total = torch.zeros(unit.channels, dtype=torch.float64)
+def per_channel_sum(unit: Unit, values: Callable[[str, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Sum of ``values(name, param)`` (shaped like param) over each unit channel's entries.
+
+    Summed in float64 on the parameters' device; the result is on the CPU.
+    """
+    total = None
     for name, param, view in channel_parameters(unit):
-        v = values(name, param.detach()).detach().cpu().double()
+        v = values(name, param.detach()).detach().double()
         if v.dim() == 1:
             rows = v.unsqueeze(1)
-        elif isinstance(view.module, (nn.modules.conv._ConvNd, nn.Linear)):
+        elif is_prunable(view.module):
             rows = output_filters(view.module, v)
         else:
             raise PruneCliError(f"cannot split the {tuple(v.shape)} parameter {name} by channel")
-        total.index_add_(0, view.root_idxs, rows[view.local_idxs].sum(1))
-    return total
+        if total is None:
+            total = torch.zeros(unit.channels, dtype=torch.float64, device=v.device)
+        total.index_add_(0, view.root_idxs.to(v.device), rows[view.local_idxs.to(v.device)].sum(1))
+    return total.cpu() if total is not None else torch.zeros(unit.channels, dtype=torch.float64)
 
 
-def stored(ctx, method: str) -> dict:
-    if method not in ctx.state:
-        raise PruneCliError(f"{method}: prepare() must run on calibration data before scoring")
-    return ctx.state[method]
+def not_prepared(method: str) -> PruneCliError:
+    return PruneCliError(f"{method}: prepare() must run on calibration data before scoring")
 
 
-@register_method("taylor")
+@register_criterion("taylor")
 class Taylor(Criterion):
     """Molchanov et al., "Importance Estimation for Neural Network Pruning", CVPR 2019, arXiv:1906.10771.
 
@@ -104,12 +102,17 @@ class Taylor(Criterion):
     needs_data = True
     global_normalizer = "mean"
 
-    def prepare(self, model, units, ctx) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self._channels: Optional[dict[str, torch.Tensor]] = None
+        self._weights: Optional[dict[str, torch.Tensor]] = None
+
+    def prepare(self, model, units, calibration: Optional[Batches]) -> None:
         channels = {u.root: torch.zeros(u.channels, dtype=torch.float64) for u in units}
         weights: dict[str, torch.Tensor] = {}
         batches = 0
         with gradient_pass(model) as named:
-            for inputs, labels in calibration_batches(ctx, self.name):
+            for inputs, labels in require_calibration(calibration, self.name):
                 grads = parameter_grads(model, named, inputs, labels)
                 for u in units:
                     channels[u.root] += per_channel_sum(u, lambda n, p: grads[n] * p).pow(2)
@@ -119,13 +122,15 @@ class Taylor(Criterion):
                 batches += 1
         if batches == 0:
             raise PruneCliError(f"{self.name}: the calibration data is empty")
-        ctx.state[self.name] = {
-            "channels": {root: s / batches for root, s in channels.items()},
-            "weights": {n: s / batches for n, s in weights.items()},
-        }
+        self._channels = {root: s / batches for root, s in channels.items()}
+        self._weights = {n: s / batches for n, s in weights.items()}
 
-    def channel_scores(self, unit, ctx) -> torch.Tensor:
-        return stored(ctx, self.name)["channels"][unit.root]
+    def channel_scores(self, unit) -> torch.Tensor:
+        if self._channels is None:
+            raise not_prepared(self.name)
+        return self._channels[unit.root]
 
-    def weight_scores(self, name, param, ctx) -> torch.Tensor:
-        return stored(ctx, self.name)["weights"][name]
+    def weight_scores(self, name, param) -> torch.Tensor:
+        if self._weights is None:
+            raise not_prepared(self.name)
+        return self._weights[name]

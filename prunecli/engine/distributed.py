@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from prunecli.errors import PruneCliError
+from prunecli.errors import OptionError
 
 
 @dataclass(frozen=True)
@@ -35,17 +35,17 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise PruneCliError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+            raise OptionError(f"{{device}} {name}: CUDA is not available on this machine (use {{device}} cpu)")
         if name == "cuda":
             return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
         try:
             index = int(name.split(":", 1)[1])
         except (IndexError, ValueError):
-            raise PruneCliError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+            raise OptionError(f"{{device}} {name!r}: expected auto, cpu, cuda or cuda:N") from None
         if index >= torch.cuda.device_count():
-            raise PruneCliError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+            raise OptionError(f"{{device}} {name}: only {torch.cuda.device_count()} CUDA device(s) here")
         return torch.device("cuda", index)
-    raise PruneCliError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+    raise OptionError(f"{{device}} {name!r}: expected auto, cpu, cuda or cuda:N")
 
 
 def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:

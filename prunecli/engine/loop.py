@@ -1,11 +1,11 @@
-"""train_one_epoch and evaluate: the two functions everything else calls."""
+"""train_one_epoch and evaluate: the two loops the Trainer (trainer.py) runs."""
 
 from __future__ import annotations
 
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,16 +34,6 @@ class EvalResult:
     samples: int
 
 
-class TrainHooks:
-    """Extension points for methods that act during training (sparsity, masks, re-selection)."""
-
-    def after_backward(self, model: torch.nn.Module) -> None:  # e.g. Network Slimming's L1 on BN scales
-        pass
-
-    def after_step(self, model: torch.nn.Module) -> None:  # e.g. re-zero masked weights
-        pass
-
-
 def autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
     if amp_dtype is None:
         return contextlib.nullcontext()
@@ -60,7 +50,8 @@ def train_one_epoch(
     label_smoothing: float = 0.0,
     amp_dtype: Optional[torch.dtype] = None,
     scaler: Optional[torch.amp.GradScaler] = None,
-    hooks: tuple[TrainHooks, ...] = (),
+    after_backward: Optional[Callable[[], None]] = None,
+    after_step: Optional[Callable[[], None]] = None,
     progress=None,
     dist_info: DistInfo = DistInfo(),
 ) -> EpochStats:
@@ -81,8 +72,8 @@ def train_one_epoch(
             scaler.unscale_(optimizer)
         else:
             loss.backward()
-        for h in hooks:
-            h.after_backward(model)
+        if after_backward is not None:  # gradients are unscaled here (AMP), e.g. an L1 penalty on BN scales
+            after_backward()
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -90,8 +81,8 @@ def train_one_epoch(
             optimizer.step()
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        for h in hooks:
-            h.after_step(model)
+        if after_step is not None:  # e.g. re-zero masked weights
+            after_step()
         n = y.shape[0]
         seen += n
         loss_sum += loss.detach().double() * n

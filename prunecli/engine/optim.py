@@ -6,11 +6,11 @@ import math
 
 import torch
 
-from prunecli.engine.config import OPTIMIZERS, SCHEDULES, TrainConfig
-from prunecli.errors import PruneCliError
+from prunecli.config.train import Optimizer, Schedule, TrainingOptions
+from prunecli.errors import OptionError
 
 
-def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: TrainingOptions, model: torch.nn.Module) -> torch.optim.Optimizer:
     # BatchNorm and bias parameters get weight decay too, as in the papers' reference code
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
@@ -21,10 +21,10 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise PruneCliError(f"invalid optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    raise OptionError(f"{{optimizer}} {cfg.optimizer!r}: invalid; valid: {', '.join(o.value for o in Optimizer)}")
 
 
-def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+def lr_factor(cfg: TrainingOptions, step: int, steps_per_epoch: int) -> float:
     """Multiplier of the base lr at iteration ``step`` (0-based) of the run."""
     warm = int(round(cfg.warmup_epochs * steps_per_epoch))
     if warm and step < warm:
@@ -40,10 +40,10 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
         total = max(1, cfg.epochs * steps_per_epoch - warm)
         t = min(1.0, (step - warm) / total)
         return 0.5 * (1.0 + math.cos(math.pi * t))
-    raise PruneCliError(f"invalid schedule {cfg.schedule!r}; valid: {', '.join(SCHEDULES)}")
+    raise OptionError(f"{{schedule}} {cfg.schedule!r}: invalid; valid: {', '.join(o.value for o in Schedule)}")
 
 
-def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+def build_scheduler(cfg: TrainingOptions, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     lr_factor(cfg, 0, steps_per_epoch)  # validate the schedule name before training starts
 
     def factor(step: int) -> float:

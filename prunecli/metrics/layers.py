@@ -1,4 +1,4 @@
-"""Per-layer widths and sparsity of the conv and linear layers, in forward order."""
+"""Per-layer widths and sparsity of the conv and linear layers, in module order."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+
+from prunecli.models.layers import prunable_layers
 
 
 @dataclass(frozen=True)
@@ -21,10 +23,6 @@ class LayerInfo:
     params: int  # weight + bias elements
     alive_out: int  # output channels with any kept (mask) and non-zero weight
     sparsity: float  # fraction of weight entries that are zero
-
-
-def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
 
 
 @torch.no_grad()

@@ -1,13 +1,29 @@
-"""Model zoo. See `_registry` for the naming rules (registered, ``tv:NAME``, user code)."""
+"""Model zoo and model building.
+
+`_registry` names the models (registered, ``tv:NAME``, user code); `build` is the one
+pipeline that turns a spec (+ converters, structure, weights) into a module; `structure`
+traces and replays structural changes; `layers` lists the prunable layers.
+"""
 
 from prunecli.models._registry import (
     ModelSpec,
-    build_model,
     get_model,
     is_user_model,
     list_models,
     model_description,
     register_model,
 )
+from prunecli.models.build import build_model, example_input, rebuild, register_converter
 
-__all__ = ["ModelSpec", "build_model", "get_model", "is_user_model", "list_models", "model_description", "register_model"]
+__all__ = [
+    "ModelSpec",
+    "build_model",
+    "example_input",
+    "get_model",
+    "is_user_model",
+    "list_models",
+    "model_description",
+    "rebuild",
+    "register_converter",
+    "register_model",
+]

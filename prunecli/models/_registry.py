@@ -21,7 +21,6 @@ import importlib
 import importlib.util
 import inspect
 import sys
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -80,23 +79,15 @@ class ModelSpec:
 def get_model(name: str, *, in_channels: int = 3, num_classes: int = 10, image_size: int = 32, **kwargs: Any):
     """Build a model by name. Raises PruneCliError for unknown names or bad arguments."""
     if name.startswith("tv:"):
-        return _torchvision_model(name[3:], in_channels, num_classes, image_size, kwargs)
+        from prunecli.models.tv import torchvision_model
+
+        return torchvision_model(name[3:], in_channels, num_classes, kwargs)
     if is_user_model(name):
         factory = load_user_factory(name)
         return _call_factory(name, factory, in_channels, num_classes, image_size, kwargs, user=True)
     _import_families()
     factory = _MODELS.get(name)
     return _call_factory(name, factory, in_channels, num_classes, image_size, kwargs, user=False)
-
-
-def build_model(spec: ModelSpec):
-    return get_model(
-        spec.name,
-        in_channels=spec.in_channels,
-        num_classes=spec.num_classes,
-        image_size=spec.image_size,
-        **spec.kwargs,
-    )
 
 
 def _call_factory(name, factory, in_channels, num_classes, image_size, kwargs, *, user: bool):
@@ -119,32 +110,6 @@ def _call_factory(name, factory, in_channels, num_classes, image_size, kwargs, *
     if not isinstance(model, nn.Module):
         raise PruneCliError(f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
-
-
-def _torchvision_model(name: str, in_channels: int, num_classes: int, image_size: int, kwargs: dict):
-    import torchvision
-
-    valid = torchvision.models.list_models(module=torchvision.models)
-    if name not in valid:
-        raise PruneCliError(_MODELS.unknown_message("tv:" + name).split(";")[0] + f"; torchvision classification models: {', '.join(valid)}")
-    if in_channels != 3:
-        raise PruneCliError(
-            f"tv:{name} expects 3 input channels, the dataset has {in_channels}; "
-            "use a 3-channel dataset or one of prunecli's own models"
-        )
-    kwargs = dict(kwargs)
-    weights = kwargs.pop("weights", None)
-    if weights is not None and num_classes != 1000:
-        raise PruneCliError(f"tv:{name} with weights={weights} has 1000 classes, the dataset has {num_classes}")
-    try:
-        with warnings.catch_warnings():
-            # e.g. GoogLeNet's FutureWarning about its default init: nothing a prunecli user can act on
-            warnings.simplefilter("ignore", FutureWarning)
-            if weights is not None:
-                return torchvision.models.get_model(name, weights=weights, **kwargs)
-            return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
-    except (TypeError, ValueError) as e:
-        raise PruneCliError(f"cannot build tv:{name}: {e}") from e
 
 
 def user_code_path(name: str) -> Path | None:

@@ -25,17 +25,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prunecli.models._registry import register_model
+from prunecli.models.structure import register_routing_layer
 
 
+@register_routing_layer
 class ShortcutA(nn.Module):
     """He et al.'s option-A shortcut: keep every ``stride``-th pixel, append zero channels.
 
     Parameter-free. ``source[j]`` names the input channel that output channel j carries, or
     -1 for a zero channel; as built, output channel i is input channel i for i < C_in and
-    zero after that. Pruning (prunecli.surgery.custom.ShortcutAPruner) edits the map: an
-    input channel removed upstream turns its output into a zero channel, and removing
-    output channels drops their entries. Input and output channels are therefore pruned
-    independently, one residual group per stage, as the papers count them.
+    zero after that. Torch-Pruning takes a layer it does not know for element-wise (C
+    channels in, the same C out), which is wrong here, so the shortcut prunes itself: it
+    is a routing layer (prunecli.models.structure). An input channel removed upstream
+    turns its output into a zero channel, and removing output channels drops their
+    entries. Input and output channels are therefore pruned independently, one residual
+    group per stage, as the papers count them.
 
     ``gate`` (a buffer of ones, one per output channel) lets a *mask* silence an output
     channel that still carries an input: a masked model whose stage-2 residual channel j
@@ -74,8 +78,32 @@ class ShortcutA(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.refresh()
 
+    def prune_out_channels(self, idxs) -> None:
+        drop = {int(i) for i in idxs}
+        index = torch.tensor([j for j in range(self.out_channels) if j not in drop], dtype=torch.long, device=self.source.device)
+        self.source = self.source[index]
+        self.gate = self.gate[index]
+        self.out_channels = len(index)
+        self.refresh()
+
+    def prune_in_channels(self, idxs) -> None:
+        drop = {int(i) for i in idxs}
+        # new index of every old input channel; a removed input becomes a zero output (-1)
+        new_index, n = [], 0
+        for i in range(self.in_channels):
+            if i in drop:
+                new_index.append(-1)
+            else:
+                new_index.append(n)
+                n += 1
+        mapping = torch.tensor(new_index + [-1], dtype=torch.long, device=self.source.device)
+        self.source = torch.where(self.source >= 0, mapping[self.source.clamp(min=0)], self.source)
+        self.in_channels = n
+        self.refresh()
+
     def channel_alive(self, local: torch.Tensor) -> torch.Tensor:
         """For output channels ``local``: does the channel carry data (an input, not masked)?"""
+        local = local.to(self.source.device)
         return ((self.source[local] >= 0) & (self.gate[local] != 0)).cpu()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,2 +1,5 @@
-"""The stages of the pipeline (train, prune, compress, finetune, evaluate): each reads a
-checkpoint file, calls the in-memory core, and writes a checkpoint file."""
+"""The stages of the pipeline, one module each: train (and finetune), prune, compress,
+evaluate, inspect (info). Each reads checkpoint files, calls the in-memory core
+(prunecli.surgery.Pruner, prunecli.engine.Trainer) and writes a checkpoint file;
+`checkpoints` holds the load -> rebuild sequence they share.
+"""

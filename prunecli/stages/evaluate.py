@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Optional
 
 
-from prunecli.checkpoint import Checkpoint, load_checkpoint, rebuild_model
-from prunecli.data import DataBundle, DatasetSpec, get_dataset
+from prunecli.checkpoint import load_checkpoint
+from prunecli.config import EvaluateConfig
 from prunecli.data.loaders import make_batches
 from prunecli.engine.distributed import resolve_device
 from prunecli.engine.loop import evaluate
-from prunecli.stages.train import check_data_fits_model
-from prunecli.errors import PruneCliError
+from prunecli.stages.checkpoints import data_for_checkpoint, rebuild_model
 from prunecli.metrics.complexity import count_complexity
 from prunecli.metrics.latency import measure_latencies
 from prunecli.metrics.layers import LayerInfo, layer_table
@@ -59,47 +58,16 @@ class Report:
         return d
 
 
-def data_for_checkpoint(
-    ckpt: Checkpoint, *, dataset: Optional[str], data: Optional[Path], download: bool = False
-) -> DataBundle:
-    """The checkpoint's own dataset (or ``dataset``), read from ``data`` or the recorded root."""
-    spec: Optional[DatasetSpec] = ckpt.dataset
-    name = dataset or (spec.name if spec else None)
-    if name is None:
-        raise PruneCliError(f"{ckpt.path}: records no dataset; pass --dataset")
-    same = spec is not None and spec.name == name
-    root = data or (Path(spec.root) if same and spec.root else None)
-    opts = spec.options if same and spec else {}
-    bundle = get_dataset(
-        name,
-        root=root,
-        download=download,
-        image_size=ckpt.model.image_size,
-        num_classes=opts.get("num_classes") if opts else (ckpt.model.num_classes if name == "synthetic" else None),
-    )
-    check_data_fits_model(bundle, ckpt.model, str(ckpt.path))
-    return bundle
-
-
-def evaluate_checkpoints(
-    paths: list[Path],
-    *,
-    dataset: Optional[str] = None,
-    data: Optional[Path] = None,
-    download: bool = False,
-    batch_size: int = 64,
-    device: str = "auto",
-    workers: int = 4,
-    latency: bool = True,
-    latency_repeats: int = 15,
-) -> list[Report]:
-    dev = resolve_device(device)
+def evaluate_checkpoints(paths: list[Path], cfg: Optional[EvaluateConfig] = None) -> list[Report]:
+    """Each checkpoint on its test set; latency of those with the same input shape measured side by side."""
+    cfg = cfg or EvaluateConfig()
+    dev = resolve_device(cfg.device)
     loaded = [load_checkpoint(p) for p in paths]  # fail on a bad file before any work
     reports, models = [], []
     for ckpt in loaded:
         model = rebuild_model(ckpt).to(dev)
-        bundle = data_for_checkpoint(ckpt, dataset=dataset, data=data, download=download)
-        batches = make_batches(bundle, "test", batch_size=batch_size, device=dev, train=False, workers=workers)
+        bundle = data_for_checkpoint(ckpt, dataset=cfg.dataset, data=cfg.data, download=cfg.download)
+        batches = make_batches(bundle, "test", batch_size=cfg.batch_size, device=dev, train=False, workers=cfg.workers)
         result = evaluate(model, batches, device=dev)
         shape = (ckpt.model.in_channels, ckpt.model.image_size, ckpt.model.image_size)
         cx = count_complexity(model, shape)
@@ -121,12 +89,12 @@ def evaluate_checkpoints(
             )
         )
         models.append((model, shape))
-    if latency:
+    if cfg.latency:
         by_shape: dict[tuple, list[int]] = {}
         for i, (_, shape) in enumerate(models):
             by_shape.setdefault(shape, []).append(i)
         for shape, idx in by_shape.items():  # same input: measured interleaved, side by side
-            lats = measure_latencies([models[i][0] for i in idx], shape, batch_size=batch_size, device=dev, repeats=latency_repeats)
+            lats = measure_latencies([models[i][0] for i in idx], shape, batch_size=cfg.batch_size, device=dev, repeats=cfg.repeats)
             for i, lat in zip(idx, lats):
                 reports[i] = replace(reports[i], latency_ms=lat.median_ms, latency_batch_size=lat.batch_size, memory_format=lat.memory_format)
     return reports

@@ -2,15 +2,19 @@
 
 Masks cover parameters and the buffers a layer declares in ``maskable_buffers`` (the
 option-A shortcut's channel gate). A masked model keeps its shapes; pruned entries are
-exactly zero and stay zero through fine-tuning because `enforce` runs after every
-optimizer step.
+exactly zero and stay zero through fine-tuning because the trainer re-applies them after
+every optimizer step (prunecli.engine.callbacks.EnforceMasks).
 """
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 
 from prunecli.errors import CheckpointError
+
+Masks = dict[str, torch.Tensor]
 
 
 def maskable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -24,35 +28,49 @@ def maskable_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-@torch.no_grad()
-def apply_masks(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> None:
-    """Zero the masked entries once (no validation: see MaskEnforcer for that)."""
+def bind_masks(model: torch.nn.Module, masks: Mapping[str, torch.Tensor], *, where: str = "checkpoint") -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(tensor, mask on its device and dtype) pairs; CheckpointError if a mask does not fit."""
     tensors = maskable_tensors(model)
-    for name, m in masks.items():
-        if name in tensors:
-            tensors[name].mul_(m.to(device=tensors[name].device, dtype=tensors[name].dtype))
+    pairs = []
+    for name, mask in masks.items():
+        if name not in tensors:
+            raise CheckpointError(f"{where}: mask for {name!r}, which the model does not have")
+        t = tensors[name]
+        if tuple(mask.shape) != tuple(t.shape):
+            raise CheckpointError(f"{where}: mask for {name!r} has shape {tuple(mask.shape)}, the parameter {tuple(t.shape)}")
+        pairs.append((t, mask.to(device=t.device, dtype=t.dtype)))
+    return pairs
 
 
-class MaskEnforcer:
-    """Zeroes the masked entries of a model's parameters (call after each optimizer step)."""
+@torch.no_grad()
+def apply_masks(model: torch.nn.Module, masks: Mapping[str, torch.Tensor], *, where: str = "checkpoint") -> None:
+    """Zero the masked entries once."""
+    for t, m in bind_masks(model, masks, where=where):
+        t.mul_(m)
 
-    def __init__(self, model: torch.nn.Module, masks: dict[str, torch.Tensor], *, where: str = "checkpoint"):
-        params = maskable_tensors(model)
-        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for name, mask in masks.items():
-            if name not in params:
-                raise CheckpointError(f"{where}: mask for {name!r}, which the model does not have")
-            p = params[name]
-            if tuple(mask.shape) != tuple(p.shape):
-                raise CheckpointError(
-                    f"{where}: mask for {name!r} has shape {tuple(mask.shape)}, the parameter {tuple(p.shape)}"
-                )
-            self.pairs.append((p, mask.to(device=p.device, dtype=p.dtype)))
 
-    def __bool__(self) -> bool:
-        return bool(self.pairs)
+def combine(old: Mapping[str, torch.Tensor], new: Mapping[str, torch.Tensor]) -> Masks:
+    """Both masks at once: an entry is kept only if both keep it."""
+    out = dict(old)
+    for n, m in new.items():
+        out[n] = m & old[n].to(m.device) if n in old else m
+    return out
 
-    @torch.no_grad()
-    def enforce(self) -> None:
-        for p, m in self.pairs:
-            p.mul_(m)
+
+def newly_masked(old: Mapping[str, torch.Tensor], combined: Mapping[str, torch.Tensor]) -> int:
+    """Entries ``combined`` masks that ``old`` did not."""
+    return sum(int((~m).sum()) - (int((~old[n]).sum()) if n in old else 0) for n, m in combined.items())
+
+
+def carry(masks: Mapping[str, torch.Tensor], kept: Mapping[str, torch.Tensor]) -> Masks:
+    """Masks re-indexed into physically pruned tensors (``kept``: surgery/tracking.py).
+
+    Masks that end up keeping everything are dropped.
+    """
+    out = {}
+    for name, mask in masks.items():
+        ids = kept[name]
+        new = mask.flatten()[ids.flatten().to(mask.device)].view(ids.shape)
+        if not bool(new.all()):
+            out[name] = new
+    return out

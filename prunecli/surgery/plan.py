@@ -1,17 +1,17 @@
-"""From settings and scores to a plan: which channels (or weights) each unit loses.
+"""From a `Selection` and scores to a `Plan`: which channels (or weights) each unit loses.
 
 Rates are fractions *removed*. Per unit, the rate is resolved as
 
-    --rate  <  --layer-rates R1,R2,... (by position)  <  --layer-rate PATTERN=R (last match wins)
+    rate  <  layer_rates R1,R2,... (by position)  <  layer_rate PATTERN=R (last match wins)
 
-and a unit is left alone when a ``--skip`` pattern matches it or ``--protect`` covers it.
+and a unit is left alone when a ``skip`` pattern matches it or ``protect`` covers it.
 A pattern is a glob on layer names (``prunecli info CKPT --layers`` lists them), a layer
 number or a range of them (``16``, ``8-13``: 1-based over conv/linear layers in module
 order, stem = 1, Li et al.'s numbering); it matches a unit when it matches one of the
 unit's producing layers.
 
 Layer-wise, a unit of C channels keeps int(C * (1 - rate)) of them (Li et al.), rounded
-to a multiple of ``--round-to``. Globally, scores normalised per unit compete under one
+to a multiple of ``round_to``. Globally, scores normalised per unit compete under one
 threshold; no unit is ever emptied.
 """
 
@@ -20,58 +20,68 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
-from prunecli.errors import PruneCliError, UsageError
-
-PROTECT = ("none", "output", "head")
-
-
-@dataclass
-class Selection:
-    rate: Optional[float] = None
-    scope: str = "layerwise"
-    layer_rate: list[tuple[str, float]] = field(default_factory=list)
-    layer_rates: list[float] = field(default_factory=list)
-    skip: list[str] = field(default_factory=list)
-    protect: str = "output"
-    round_to: int = 1
-    max_layer_rate: Optional[float] = None
+from prunecli.config.prune import Selection
+from prunecli.errors import OptionError, PruneCliError
+from prunecli.surgery.units import Target, Unit
 
 
-@dataclass
+@dataclass(eq=False)
 class UnitPlan:
-    unit: object  # prunecli.surgery.units.Unit
-    status: str  # "prune", "skipped", "protected", "unscored"
+    unit: Target
+    status: str  # "prune", "skipped", "protected", "unscored", "unprunable"
     rate: float = 0.0  # requested fraction removed
     prune: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
     reason: str = ""
 
     @property
-    def channels(self) -> int:
-        return self.unit.channels
+    def size(self) -> int:
+        return self.unit.size
 
     @property
     def kept(self) -> int:
-        return self.unit.channels - len(self.prune)
+        return self.unit.size - len(self.prune)
 
 
-def parse_layer_rate(text: str) -> tuple[str, float]:
-    pattern, sep, value = text.rpartition("=")
-    if not sep or not pattern:
-        raise UsageError(f"--layer-rate {text!r}: expected PATTERN=RATE, e.g. 'layer1.*.conv1=0.6'")
-    try:
-        rate = float(value)
-    except ValueError:
-        raise UsageError(f"--layer-rate {text!r}: {value!r} is not a number") from None
-    return pattern, rate
+@dataclass(frozen=True)
+class LayerRow:
+    """One line of the table `prune` prints."""
+
+    name: str
+    members: int
+    before: int
+    after: int
+    status: str
+    note: str = ""
 
 
-def check_rate(rate: float, what: str) -> None:
-    if not (0.0 <= rate < 1.0) or math.isnan(rate):
-        raise PruneCliError(f"{what} {rate}: a rate is the fraction removed and must be in [0, 1)")
+@dataclass(eq=False)
+class Plan:
+    """What to remove: one `UnitPlan` per unit, at one granularity."""
+
+    granularity: str  # "channel" or "weight"
+    units: list[UnitPlan]
+    rate: Optional[float] = None  # the base rate used (after a MACs-target search)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pruned(self) -> list[UnitPlan]:
+        """The unit plans that remove something."""
+        return [p for p in self.units if p.status == "prune" and len(p.prune)]
+
+    def rows(self) -> list[LayerRow]:
+        rows = []
+        for p in self.units:
+            u = p.unit
+            if isinstance(u, Unit):
+                coupled = f"+{len(u.producers) - 1} coupled" if len(u.producers) > 1 else ""
+                rows.append(LayerRow(u.root, len(u.producers), p.size, p.kept, p.status, p.reason or coupled))
+            else:
+                rows.append(LayerRow(u.root, 1, p.size, p.kept, p.status, p.reason or "weights"))
+        return rows
 
 
 def matches(pattern: str, names: list[str], ids: list[int]) -> bool:
@@ -84,33 +94,19 @@ def matches(pattern: str, names: list[str], ids: list[int]) -> bool:
     return any(fnmatch.fnmatchcase(n, pattern) for n in names)
 
 
-def resolve(units, sel: Selection, *, output_layer: Optional[str], linear_layers: set[str]) -> list[UnitPlan]:
-    """Decide each unit's status and requested rate; validate every pattern and rate."""
-    if sel.protect not in PROTECT:
-        raise UsageError(f"--protect {sel.protect!r}: valid: {', '.join(PROTECT)}")
-    if sel.rate is not None:
-        check_rate(sel.rate, "--rate")
-    for i, r in enumerate(sel.layer_rates, start=1):
-        check_rate(r, f"--layer-rates (entry {i})")
-    for pattern, r in sel.layer_rate:
-        check_rate(r, f"--layer-rate {pattern}=")
-    if sel.max_layer_rate is not None and not (0.0 < sel.max_layer_rate <= 1.0):
-        raise PruneCliError(f"--max-layer-rate {sel.max_layer_rate}: must be in (0, 1]")
-    if sel.round_to < 1:
-        raise PruneCliError(f"--round-to {sel.round_to}: must be >= 1")
-    if sel.scope == "global" and (sel.layer_rate or sel.layer_rates):
-        raise UsageError("--scope global picks per-layer rates itself: drop --layer-rate/--layer-rates (use --skip or --max-layer-rate)")
-
-    for pattern in [p for p, _ in sel.layer_rate] + list(sel.skip):
-        if not any(matches(pattern, u.producer_names, u.layer_ids) for u in units):
-            raise PruneCliError(
-                f"pattern {pattern!r} matches no prunable layer (layer names and numbers: prunecli info CKPT --layers)"
-            )
+def resolve(units: list[Target], sel: Selection, *, output_layer: Optional[str], linear_layers: set[str]) -> list[UnitPlan]:
+    """Decide each unit's status and requested rate; check that every pattern matches."""
+    for key, patterns in (("layer_rate", [p for p, _ in sel.layer_rate]), ("skip", list(sel.skip))):
+        for pattern in patterns:
+            if not any(matches(pattern, u.producer_names, u.layer_ids) for u in units):
+                raise OptionError(
+                    f"{{{key}}} pattern {pattern!r} matches no prunable layer (layer names and numbers: prunecli info CKPT --layers)"
+                )
 
     plans: list[UnitPlan] = []
     position = 0
     for u in units:
-        if getattr(u, "unprunable", ""):
+        if u.unprunable:
             plans.append(UnitPlan(u, "unprunable", reason=u.unprunable))
             continue
         if sel.protect != "none" and output_layer in u.producer_names:
@@ -127,13 +123,13 @@ def resolve(units, sel: Selection, *, output_layer: Optional[str], linear_layers
             if matches(pattern, u.producer_names, u.layer_ids):
                 rate = r
         if any(matches(p, u.producer_names, u.layer_ids) for p in sel.skip):
-            plans.append(UnitPlan(u, "skipped", reason="--skip"))
+            plans.append(UnitPlan(u, "skipped", reason="skip"))
             continue
         if sel.max_layer_rate is not None:
             rate = min(rate, sel.max_layer_rate)
         plans.append(UnitPlan(u, "prune", rate=rate))
     if len(sel.layer_rates) > position:
-        raise PruneCliError(f"--layer-rates has {len(sel.layer_rates)} entries but there are {position} prunable layers")
+        raise OptionError(f"{{layer_rates}} has {len(sel.layer_rates)} entries but there are {position} prunable layers")
     return plans
 
 
@@ -147,7 +143,7 @@ def kept_count(channels: int, rate: float, round_to: int, where: str) -> int:
     return keep
 
 
-def position_scores(unit, scores: torch.Tensor) -> torch.Tensor:
+def position_scores(unit: Unit, scores: torch.Tensor) -> torch.Tensor:
     """Mean score of each position of a grouped unit (positions shared by all conv groups)."""
     pos = unit.positions
     width = int(pos.max()) + 1
@@ -155,12 +151,14 @@ def position_scores(unit, scores: torch.Tensor) -> torch.Tensor:
     return total / unit.conv_groups
 
 
-def channels_at(unit, positions: torch.Tensor) -> torch.Tensor:
+def channels_at(unit: Unit, positions: torch.Tensor) -> torch.Tensor:
     """Every channel of a grouped unit at the given positions (one per conv group)."""
     return torch.nonzero(torch.isin(unit.positions, positions)).flatten()
 
 
-def select_layerwise(plans: list[UnitPlan], pick, sel: Selection, scores_of=None) -> None:
+def select_layerwise(
+    plans: list[UnitPlan], pick: Callable[[Unit, int], torch.Tensor], sel: Selection, scores_of: Callable[[Unit], torch.Tensor]
+) -> None:
     """``pick(unit, n) -> indices``: the criterion's choice of n channels to remove.
 
     Units with grouped convolutions lose whole positions (the same channel of every
@@ -170,15 +168,23 @@ def select_layerwise(plans: list[UnitPlan], pick, sel: Selection, scores_of=None
         if p.status != "prune" or p.rate <= 0:
             continue
         u = p.unit
-        if getattr(u, "conv_groups", 1) > 1:
-            width = p.channels // u.conv_groups
+        if u.conv_groups > 1:
+            width = p.size // u.conv_groups
             keep = kept_count(width, p.rate, 1, u.root)
             order = torch.sort(position_scores(u, scores_of(u)), stable=True).indices
             p.prune = channels_at(u, order[: width - keep])
             continue
-        keep = kept_count(p.channels, p.rate, math.lcm(sel.round_to, getattr(u, "multiple", 1)), u.root)
-        n = p.channels - keep
+        keep = kept_count(p.size, p.rate, math.lcm(sel.round_to, u.multiple), u.root)
+        n = p.size - keep
         p.prune = pick(u, n) if n > 0 else torch.empty(0, dtype=torch.long)
+
+
+def select_weights_layerwise(plans: list[UnitPlan], scores: dict[int, torch.Tensor]) -> None:
+    """Each layer loses the ``rate`` share of its lowest-scored weights."""
+    for p in plans:
+        if p.status == "prune" and p.rate > 0:
+            keep = kept_count(p.size, p.rate, 1, p.unit.root)
+            p.prune = torch.sort(scores[p.unit.index], stable=True).indices[: p.size - keep]
 
 
 def normalise(scores: torch.Tensor, how: Optional[str]) -> torch.Tensor:
@@ -205,14 +211,14 @@ def select_global(plans: list[UnitPlan], scores: dict[int, torch.Tensor], sel: S
     removes one channel per conv group.
     """
     eligible = [p for p in plans if p.status == "prune"]
-    total = sum(p.channels for p in eligible)
+    total = sum(p.size for p in eligible)
     target = int(round((sel.rate or 0.0) * total))
     entries = []  # (score, unit index, slot); a slot is a channel, or a position of a grouped unit
     width, weight = {}, {}
     for p in eligible:
         u = p.unit
         s = normalise(scores[u.index], normaliser)
-        g = getattr(u, "conv_groups", 1)
+        g = u.conv_groups
         if g > 1:
             s = position_scores(u, s)
         width[u.index], weight[u.index] = len(s), g
@@ -222,7 +228,7 @@ def select_global(plans: list[UnitPlan], scores: dict[int, torch.Tensor], sel: S
     chosen: dict[int, list[int]] = {i: [] for i in by_index}
     floor = {}
     for i, p in by_index.items():
-        step = math.lcm(sel.round_to, getattr(p.unit, "multiple", 1))
+        step = math.lcm(sel.round_to, p.unit.multiple)
         min_keep = max(1, min(step, width[i])) if weight[i] == 1 else 1
         if sel.max_layer_rate is not None:
             min_keep = max(min_keep, width[i] - int(width[i] * sel.max_layer_rate + 1e-9))
@@ -239,10 +245,32 @@ def select_global(plans: list[UnitPlan], scores: dict[int, torch.Tensor], sel: S
         if weight[ui] > 1:
             p.prune = channels_at(p.unit, torch.tensor(slots, dtype=torch.long))
         else:
-            step = math.lcm(sel.round_to, getattr(p.unit, "multiple", 1))
-            if step > 1 and p.channels >= step and slots:
-                keep = p.channels - len(slots)
-                keep_rounded = min(p.channels, int(math.ceil(keep / step)) * step)
-                slots = slots[: p.channels - keep_rounded]  # give back the highest-scored of the chosen
+            step = math.lcm(sel.round_to, p.unit.multiple)
+            if step > 1 and p.size >= step and slots:
+                keep = p.size - len(slots)
+                keep_rounded = min(p.size, int(math.ceil(keep / step)) * step)
+                slots = slots[: p.size - keep_rounded]  # give back the highest-scored of the chosen
             p.prune = torch.tensor(sorted(slots), dtype=torch.long)
-        p.rate = len(p.prune) / p.channels
+        p.rate = len(p.prune) / p.size
+
+
+def select_weights_global(plans: list[UnitPlan], scores: dict[int, torch.Tensor], sel: Selection, normaliser: Optional[str]) -> None:
+    """One threshold over the (normalised) weight scores of every eligible layer; no layer emptied."""
+    eligible = [p for p in plans if p.status == "prune"]
+    if not eligible:
+        return
+    normed = {p.unit.index: normalise(scores[p.unit.index], normaliser) for p in eligible}
+    allv = torch.cat([normed[p.unit.index] for p in eligible])
+    target = int(round((sel.rate or 0.0) * allv.numel()))
+    if target == 0:
+        return
+    threshold = torch.kthvalue(allv, target).values
+    for p in eligible:
+        s = normed[p.unit.index]
+        n = int((s <= threshold).sum())
+        cap = p.size - 1
+        if sel.max_layer_rate is not None:
+            cap = min(cap, int(p.size * sel.max_layer_rate + 1e-9))
+        n = min(n, cap)
+        p.prune = torch.sort(s, stable=True).indices[:n]
+        p.rate = n / p.size

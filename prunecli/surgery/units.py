@@ -5,40 +5,36 @@ layer: removing channel c of a unit removes it from every coupled layer at once 
 producers' filters, their BatchNorm scale and shift, the consumers' input channels,
 residual adds, concatenations and depthwise convs). Units are listed in module order.
 
-Building the graph traces the model once. Tracing failures become one-line errors that
-name the model, and a trace that takes longer than `TRACE_TIMEOUT_S` (Torch-Pruning hangs
-on Swin / MaxViT) is stopped with a message instead of hanging.
+A `LayerWeights` is the unit of ``--granularity weight``: one layer's weight tensor,
+whose entries are selected one by one. Both kinds go through the same selection rules
+(prunecli.surgery.plan), which read the fields they share.
+
+`Graph` holds a traced model: Torch-Pruning's DependencyGraph and the module names it
+does not keep itself. Tracing (prunecli.models.structure.trace) turns failures into
+one-line errors and hangs into a timeout.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
-import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 import torch.nn as nn
 
 from prunecli.errors import PruneCliError
+from prunecli.models.layers import PRUNABLE_TYPES, is_prunable, layer_numbers, prunable_layers
+from prunecli.models.structure import TRACE_TIMEOUT_S, deadline, first_line, routing_layer_types, trace
 
-# what a user should know when Torch-Pruning fails on a model family (METHODS.md)
-_KNOWN_LIMITS = {
-    "shufflenet": (
-        " (a known Torch-Pruning 1.6.1 limitation: its index mapping fails on ShuffleNetV2's channel shuffle,"
-        " a view + transpose of the channels; channels cannot be removed, weight-level masks still work)"
-    ),
-}
-
-TRACE_TIMEOUT_S = 60  # a trace of ResNet-50 takes 0.1 s; Swin never finishes
+if TYPE_CHECKING:  # pragma: no cover
+    from torch_pruning.dependency import DependencyGraph, Group
 
 
 @dataclass(eq=False)  # holds tensors: compare by identity
 class Producer:
-    """A layer whose output channels a unit removes: local filter index -> unit channel."""
+    """A layer holding some of a unit's channels: local index -> unit channel."""
 
     name: str
     module: nn.Module
@@ -57,7 +53,7 @@ class Unit:
     members: list[str]  # every named module the unit touches
     layer_ids: list[int]  # 1-based conv/linear ids of the producers (Li et al.'s numbering)
     others: list[str] = field(default_factory=list)  # other layers with parameters on these channels
-    passthrough: list[Producer] = field(default_factory=list)  # parameter-free layers that route data (ShortcutA)
+    routing: list[Producer] = field(default_factory=list)  # parameter-free routing layers (ShortcutA)
     # grouped convolutions (ResNeXt, RegNet) need the same positions removed in every
     # group: positions[c] is channel c's position within its conv group, `conv_groups`
     # the number of groups (1 when no grouped conv touches these channels)
@@ -69,89 +65,84 @@ class Unit:
     stat_norms: list[str] = field(default_factory=list)
     # kept channel counts must be a multiple of this (attention heads share the channels)
     multiple: int = 1
-    group: Any = field(repr=False, default=None)  # the Torch-Pruning group, full indices
+    group: Optional["Group"] = field(repr=False, default=None)  # the Torch-Pruning group, full indices
 
     @property
     def producer_names(self) -> list[str]:
         return [p.name for p in self.producers]
 
-
-@contextlib.contextmanager
-def deadline(seconds: float, what: str) -> Iterator[None]:
-    """Raise PruneCliError if the block runs longer than ``seconds`` (main thread, Unix)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGALRM"):
-        yield
-        return
-
-    def on_alarm(signum, frame):
-        raise PruneCliError(f"{what} did not finish within {seconds:.0f}s (Torch-Pruning hangs on some architectures, e.g. Swin and MaxViT)")
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    @property
+    def size(self) -> int:
+        """Entries the selection chooses among: channels."""
+        return self.channels
 
 
-def build_graph(model: nn.Module, example_input: torch.Tensor, *, name: str = "model"):
-    """Trace ``model`` into a Torch-Pruning DependencyGraph with prunecli's custom pruners."""
-    import torch_pruning as tp
+@dataclass(eq=False)
+class LayerWeights:
+    """One layer's weight tensor as a unit of single entries (``--granularity weight``)."""
 
-    from prunecli.surgery.custom import CUSTOM_PRUNERS
+    index: int  # 1-based among the prunable layers
+    root: str  # the layer's name
+    module: nn.Module
+    layer_id: int
 
-    was_training = model.training
-    try:
-        # Torch-Pruning warns on stderr while tracing (recursion depth, unwrapped parameters);
-        # its failures become our one-line errors instead
-        with deadline(TRACE_TIMEOUT_S, f"tracing {name} for its dependency graph"), torch.enable_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            graph = tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_input, customized_pruners=dict(CUSTOM_PRUNERS), verbose=False
-            )
-    except PruneCliError:
-        raise
-    except Exception as e:
-        msg = str(e).splitlines()[0] if str(e) else ""
-        hint = next((h for key, h in _KNOWN_LIMITS.items() if key in name.lower()), "")
-        raise PruneCliError(f"Torch-Pruning cannot trace {name}: {type(e).__name__}: {msg}{hint}") from None
-    finally:
-        model.train(was_training)  # build_dependency leaves the model in eval mode
-    graph._prunecli_names = {m: n for n, m in model.named_modules()}
-    return graph
+    # what the selection rules read, fixed for single weights
+    unprunable: str = ""
+    conv_groups: int = 1
+    multiple: int = 1
+
+    @property
+    def producer_names(self) -> list[str]:
+        return [self.root]
+
+    @property
+    def layer_ids(self) -> list[int]:
+        return [self.layer_id]
+
+    @property
+    def size(self) -> int:
+        return self.module.weight.numel()
 
 
-def conv_linear_ids(model: nn.Module) -> dict[str, int]:
-    """1-based ids of conv/linear layers in module order (stem = 1), as Li et al. number them."""
-    ids, i = {}, 0
-    for n, m in model.named_modules():
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
-            i += 1
-            ids[n] = i
-    return ids
+Target = Union[Unit, LayerWeights]
+
+
+@dataclass(eq=False)
+class Graph:
+    """A traced model: Torch-Pruning's dependency graph plus module names."""
+
+    model: nn.Module
+    dg: "DependencyGraph"
+    names: dict[nn.Module, str]
+    name: str = "model"  # the architecture, for messages
+
+
+def build_graph(model: nn.Module, example_input: torch.Tensor, *, name: str = "model") -> Graph:
+    """Trace ``model`` (prunecli.models.structure.trace) and keep its module names."""
+    dg = trace(model, example_input, name=name)
+    return Graph(model=model, dg=dg, names={m: n for n, m in model.named_modules()}, name=name)
 
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
 
-def units(model: nn.Module, graph, *, name: str = "model") -> list[Unit]:
+def units(graph: Graph) -> list[Unit]:
     """Every prunable group rooted at conv/linear output channels, in module order."""
-    names = graph._prunecli_names
-    ids = conv_linear_ids(model)
+    model, names, dg = graph.model, graph.names, graph.dg
+    ids = layer_numbers(model)
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
-    found: list[Unit] = []
+    routing = routing_layer_types()
     try:
-        with deadline(TRACE_TIMEOUT_S, f"listing the pruning groups of {name}"), warnings.catch_warnings():
+        with deadline(TRACE_TIMEOUT_S, f"listing the pruning groups of {graph.name}"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            groups = list(graph.get_all_groups(root_module_types=(nn.modules.conv._ConvNd, nn.Linear)))
+            groups = list(dg.get_all_groups(root_module_types=PRUNABLE_TYPES))
     except PruneCliError:
         raise
     except Exception as e:
-        msg = str(e).splitlines()[0] if str(e) else ""
-        raise PruneCliError(f"Torch-Pruning cannot group the layers of {name}: {type(e).__name__}: {msg}") from None
+        raise PruneCliError(f"Torch-Pruning cannot group the layers of {graph.name}: {type(e).__name__}: {first_line(e)}") from e
+    found: list[Unit] = []
     for group in groups:
-        producers, norms, members, others, passthrough, stat_norms = [], [], [], [], [], []
+        producers, norms, members, others, routes, stat_norms = [], [], [], [], [], []
         multiple = 1
         for item in group.items:
             dep = item.dep
@@ -161,7 +152,7 @@ def units(model: nn.Module, graph, *, name: str = "model") -> list[Unit]:
                 continue  # an element-wise op of the trace, not a module
             if mname not in members:
                 members.append(mname)
-            if not graph.is_out_channel_pruning_fn(dep.handler):
+            if not dg.is_out_channel_pruning_fn(dep.handler):
                 continue
             view = Producer(
                 name=mname,
@@ -169,7 +160,7 @@ def units(model: nn.Module, graph, *, name: str = "model") -> list[Unit]:
                 local_idxs=torch.as_tensor([int(i) for i in item.idxs], dtype=torch.long),
                 root_idxs=torch.as_tensor([int(i) for i in item.root_idxs], dtype=torch.long),
             )
-            if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+            if is_prunable(module):
                 producers.append(view)
             elif isinstance(module, _NORM_TYPES):
                 norms.append(view)
@@ -177,19 +168,18 @@ def units(model: nn.Module, graph, *, name: str = "model") -> list[Unit]:
                     stat_norms.append(mname)
             elif isinstance(module, nn.MultiheadAttention):
                 multiple = math.lcm(multiple, module.num_heads)
-            elif hasattr(module, "channel_alive"):
-                passthrough.append(view)
-            elif isinstance(module, nn.Module) and any(True for _ in module.parameters(recurse=False)):
+            elif isinstance(module, routing):
+                routes.append(view)
+            elif any(True for _ in module.parameters(recurse=False)):
                 others.append(mname)
         if not producers:
             continue
         positions, conv_groups, unprunable = _group_positions(group, names, len(group.items[0].idxs))
         producers.sort(key=lambda p: order.get(p.name, 0))
-        root = producers[0].name
         found.append(
             Unit(
                 index=0,
-                root=root,
+                root=producers[0].name,
                 tp_root=names[group.items[0].dep.target.module],
                 channels=len(group.items[0].idxs),
                 producers=producers,
@@ -197,7 +187,7 @@ def units(model: nn.Module, graph, *, name: str = "model") -> list[Unit]:
                 members=members,
                 layer_ids=sorted(ids[p.name] for p in producers if p.name in ids),
                 others=others,
-                passthrough=passthrough,
+                routing=routes,
                 positions=positions,
                 conv_groups=conv_groups,
                 unprunable=unprunable,
@@ -212,7 +202,12 @@ def units(model: nn.Module, graph, *, name: str = "model") -> list[Unit]:
     return found
 
 
-def _group_positions(group, names, channels: int):
+def layer_weights(model: nn.Module) -> list[LayerWeights]:
+    """Every prunable layer's weight as a unit of single entries, in module order."""
+    return [LayerWeights(index=i, root=n, module=m, layer_id=i) for i, (n, m) in enumerate(prunable_layers(model), start=1)]
+
+
+def _group_positions(group: "Group", names: dict[nn.Module, str], channels: int) -> tuple[Optional[torch.Tensor], int, str]:
     """Channel positions inside grouped convolutions of this group (see Unit.positions)."""
     positions: Optional[torch.Tensor] = None
     conv_groups = 1
@@ -224,7 +219,7 @@ def _group_positions(group, names, channels: int):
             continue  # depthwise: every channel is its own group, any subset works
         local = torch.as_tensor([int(i) for i in item.idxs], dtype=torch.long)
         root = torch.as_tensor([int(i) for i in item.root_idxs], dtype=torch.long)
-        width = (module.in_channels if item.dep.handler.__name__ == "prune_in_channels" else module.out_channels)
+        width = module.in_channels if item.dep.handler.__name__ == "prune_in_channels" else module.out_channels
         per_group = width // module.groups
         pos = torch.full((channels,), -1, dtype=torch.long)
         pos[root] = local % per_group
@@ -239,11 +234,7 @@ def _group_positions(group, names, channels: int):
 def output_layer(model: nn.Module, example_input: torch.Tensor) -> Optional[str]:
     """The conv/linear layer that runs last in the forward pass (the classifier's output)."""
     seen: list[str] = []
-    hooks = [
-        m.register_forward_hook(lambda mod, inp, out, n=n: seen.append(n))
-        for n, m in model.named_modules()
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
-    ]
+    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: seen.append(n)) for n, m in prunable_layers(model)]
     was_training = model.training
     try:
         model.eval()

@@ -1,0 +1,27 @@
+"""Options of ``prunecli evaluate``: accuracy, MACs, params, latency of checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from prunecli.config._base import PANEL_DATA, PANEL_OUT, PANEL_RUN, StageConfig, option
+
+
+@dataclass(kw_only=True)
+class EvaluateConfig(StageConfig):
+    """``prunecli evaluate``: each checkpoint on its test set, side by side."""
+
+    command = "evaluate"
+
+    dataset: Optional[str] = option(None, help="Dataset name (default: each checkpoint's).", panel=PANEL_DATA)
+    data: Optional[str] = option(None, help="Dataset root folder (default: the one each checkpoint records).", panel=PANEL_DATA)
+    download: bool = option(False, help="Download CIFAR/MNIST into --data when online.", panel=PANEL_DATA, negatable=False)
+    batch_size: int = option(64, help="Batch size (also of the latency measurement).", panel=PANEL_RUN, flags=("-b",), min=1)
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N.", panel=PANEL_RUN)
+    workers: int = option(4, help="DataLoader workers for image-folder datasets.", panel=PANEL_RUN, min=0)
+    latency: bool = option(True, help="Measure latency (median of timed batches).", panel=PANEL_RUN)
+    # 15 interleaved batches: a stable median on a shared CPU within a few seconds
+    repeats: int = option(15, help="Timed batches per model for latency.", panel=PANEL_RUN, min=1)
+    layers: bool = option(True, help="Show per-layer widths.", panel=PANEL_OUT)
+    json: bool = option(False, help="Print one JSON object on stdout instead of tables.", panel=PANEL_OUT, negatable=False)

@@ -1,0 +1,112 @@
+"""Options of the commands that run training epochs: `train` and `finetune`.
+
+`TrainingOptions` is what the Trainer (prunecli.engine.trainer) reads: optimisation,
+schedule and runtime. `TrainConfig` adds the model, the data and the outputs of
+``prunecli train``; `FinetuneConfig` the data and outputs of ``prunecli finetune`` (the
+model comes from the checkpoint).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from prunecli.config._base import PANEL_DATA, PANEL_MODEL, PANEL_OPT, PANEL_OUT, PANEL_RUN, StageConfig, option
+from prunecli.errors import OptionError
+
+
+class Optimizer(str, enum.Enum):
+    sgd = "sgd"
+    adam = "adam"
+    adamw = "adamw"
+
+
+class Schedule(str, enum.Enum):
+    constant = "constant"
+    step = "step"
+    multistep = "multistep"
+    cosine = "cosine"
+
+
+@dataclass(kw_only=True)
+class TrainingOptions(StageConfig):
+    """Optimisation and runtime options of every stage that trains."""
+
+    # SGD with momentum 0.9 and weight decay 1e-4, as in the papers' CIFAR recipes, but lr
+    # 0.01 rather than their 0.1: the BatchNorm-free conv nets (conv2-8, lenet) diverge at
+    # 0.1 from He-normal init. Paper recipes set their own lr.
+    epochs: int = option(15, help="Epochs to train (0 writes the model as initialised).", panel=PANEL_OPT, min=0)
+    batch_size: int = option(128, help="Batch size (the global batch under torchrun).", panel=PANEL_RUN, flags=("-b",), min=1)
+    optimizer: Optimizer = option(Optimizer.sgd, help="Optimizer.", panel=PANEL_OPT)
+    lr: float = option(0.01, help="Base learning rate.", panel=PANEL_OPT, min=0.0)
+    momentum: float = option(0.9, help="SGD momentum.", panel=PANEL_OPT, min=0.0)
+    nesterov: bool = option(False, help="Nesterov momentum (SGD).", panel=PANEL_OPT)
+    weight_decay: float = option(1e-4, help="Weight decay.", panel=PANEL_OPT, flags=("--wd",), min=0.0)
+    # per-iteration cosine decay to 0 over the run: no milestones to choose for short runs
+    schedule: Schedule = option(Schedule.cosine, help="Learning-rate schedule (per iteration).", panel=PANEL_OPT)
+    step_size: int = option(30, help="Epochs between decays (step schedule).", panel=PANEL_OPT, min=1)
+    # empty: 50% and 75% of the run, the papers' 80/120 of 160 epochs
+    milestones: list[int] = option(
+        default_factory=list, help="Epochs of the multistep decays, e.g. 80,120 (default: 50% and 75% of the run).", panel=PANEL_OPT
+    )
+    gamma: float = option(0.1, help="Decay factor (step, multistep).", panel=PANEL_OPT, min=0.0)
+    warmup_epochs: float = option(0.0, help="Linear warm-up length in epochs.", panel=PANEL_OPT, min=0.0)
+    label_smoothing: float = option(0.0, help="Label smoothing.", panel=PANEL_OPT, min=0.0, max=1.0)
+    shuffle_labels: bool = option(
+        False, help="Train on randomly permuted labels (expressivity test), seeded.", panel=PANEL_OPT, negatable=False
+    )
+    device: str = option("auto", help="auto, cpu, cuda or cuda:N (auto: this rank's GPU if any).", panel=PANEL_RUN)
+    # None: on with CUDA (bf16 where supported), off on CPU where it is slower
+    amp: Optional[bool] = option(None, help="Mixed precision (default: on with CUDA, off on CPU).", panel=PANEL_RUN)
+    channels_last: Optional[bool] = option(None, help="channels_last memory format (default: on with CUDA).", panel=PANEL_RUN)
+    # in-memory datasets need no workers; image folders decode JPEGs in these processes
+    workers: int = option(4, help="DataLoader workers for image-folder datasets.", panel=PANEL_RUN, min=0)
+    seed: int = option(0, help="Seed of every random choice; on CPU a run is reproducible.", panel=PANEL_RUN)
+    eval_every: int = option(1, help="Epochs between test evaluations (the last epoch is always evaluated).", panel=PANEL_RUN, min=1)
+    resume: Optional[str] = option(
+        None, help="Continue an interrupted run from this checkpoint (its options; flags given override).", panel=PANEL_RUN
+    )
+    output: Optional[str] = option(
+        None, help="Checkpoint to write (its path is the only thing printed on stdout).", panel=PANEL_OUT, flags=("-o",)
+    )
+
+    def resolved_milestones(self) -> list[int]:
+        return list(self.milestones) or [int(self.epochs * 0.5), int(self.epochs * 0.75)]
+
+
+@dataclass(kw_only=True)
+class TrainConfig(TrainingOptions):
+    """``prunecli train``: a model from scratch on a dataset."""
+
+    command = "train"
+
+    model: str = option("conv4", help="Model name (prunecli list models), tv:NAME, or file.py:factory.", panel=PANEL_MODEL, flags=("-m",))
+    model_args: dict[str, Any] = option(
+        default_factory=dict, help="Model constructor argument KEY=VALUE (repeatable).", panel=PANEL_MODEL, key="model-arg"
+    )
+    dataset: str = option("digits", help="Dataset name (prunecli list datasets).", panel=PANEL_DATA)  # the embedded offline default
+    data: Optional[str] = option(
+        None, help="Dataset root folder (CIFAR/MNIST in torchvision's layout; train/ and val/ for image folders).", panel=PANEL_DATA
+    )
+    download: bool = option(False, help="Download CIFAR/MNIST into --data when online.", panel=PANEL_DATA, negatable=False)
+    image_size: Optional[int] = option(None, help="Resize images to this size (default: the dataset's).", panel=PANEL_DATA, min=1)
+    num_classes: Optional[int] = option(None, help="Classes of the synthetic dataset.", panel=PANEL_DATA, min=2)
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(TrainingOptions):
+    """``prunecli finetune``: retrain a checkpoint on its dataset (or another one that fits)."""
+
+    command = "finetune"
+
+    # a pruned network recovers in fewer epochs than it took to train (Li et al.: 40 of 160)
+    epochs: int = option(20, help="Epochs to train (0 writes the model as initialised).", panel=PANEL_OPT, min=0)
+    dataset: Optional[str] = option(None, help="Dataset name (default: the checkpoint's).", panel=PANEL_DATA)
+    data: Optional[str] = option(None, help="Dataset root folder (default: the one the checkpoint records).", panel=PANEL_DATA)
+    download: bool = option(False, help="Download CIFAR/MNIST into --data when online.", panel=PANEL_DATA, negatable=False)
+
+
+def check_global_batch(cfg: TrainingOptions, processes: int) -> None:
+    if cfg.batch_size % processes:
+        raise OptionError(f"{{batch_size}} {cfg.batch_size} is the global batch; it must divide by {processes} processes")

@@ -1,0 +1,125 @@
+"""The callbacks every training stage uses: mask enforcement, the best checkpoint, the
+metrics log, and the interrupt hook the resume tests rely on. See trainer.py for events."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from prunecli.engine.trainer import Callback, FitState
+from prunecli.surgery.masks import bind_masks
+
+
+class EnforceMasks(Callback):
+    """Pruned entries stay exactly zero: ``state.masks`` re-applied after every optimizer step.
+
+    Weight decay and momentum would otherwise revive them. Follows ``state.set_masks``.
+    """
+
+    key = "enforce_masks"
+
+    def __init__(self) -> None:
+        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._version: Optional[int] = None
+
+    def _bind(self, state: FitState) -> None:
+        if self._version != state.masks_version:
+            self._pairs = bind_masks(state.model, state.masks)
+            self._version = state.masks_version
+
+    @torch.no_grad()
+    def _enforce(self, state: FitState) -> None:
+        self._bind(state)
+        for t, m in self._pairs:
+            t.mul_(m)
+
+    def on_fit_start(self, state: FitState) -> None:
+        self._enforce(state)
+
+    def after_step(self, state: FitState) -> None:
+        self._enforce(state)
+
+
+class BestCheckpoint(Callback):
+    """Keeps the best test top-1 so far and calls ``write(state)`` when it improves.
+
+    Only epochs with the same masks compare: when a callback changes the masks (gradual
+    pruning), the record starts again, so an early, denser epoch is never kept as "best".
+    """
+
+    key = "best"
+
+    def __init__(self, write: Optional[Callable[[FitState], None]] = None):
+        self.write = write
+        self.top1: Optional[float] = None
+        self.epoch: Optional[int] = None
+        self.masks_version: int = 0
+        self._improved = False
+
+    def on_epoch_end(self, state: FitState) -> None:
+        self._improved = False
+        if state.masks_version != self.masks_version:
+            self.top1, self.epoch, self.masks_version = None, None, state.masks_version
+        if state.evaluated and state.last_eval is not None and (self.top1 is None or state.last_eval.top1 > self.top1):
+            self.top1, self.epoch, self._improved = state.last_eval.top1, state.epoch, True
+
+    def after_save(self, state: FitState) -> None:
+        if self._improved and self.write is not None and state.is_main:
+            self.write(state)
+        self._improved = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"top1": self.top1, "epoch": self.epoch, "masks_version": self.masks_version}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.top1, self.epoch = state.get("top1"), state.get("epoch")
+        self.masks_version = int(state.get("masks_version") or 0)
+
+
+class MetricsLog(Callback):
+    """One JSON line per epoch in ``path``, appended after the epoch's checkpoint is written
+    (a kill in between must not log an epoch the checkpoint lacks). A fresh run starts the
+    file empty; a resumed one appends."""
+
+    key = "metrics_log"
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_fit_start(self, state: FitState) -> None:
+        if state.is_main and not state.resumed:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("")
+
+    def after_save(self, state: FitState) -> None:
+        if state.is_main and state.record is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(state.record) + "\n")
+
+
+INTERRUPT_ENV = "PRUNECLI_INTERRUPT_AFTER_EPOCH"
+
+
+class InterruptAfterEpoch(Callback):
+    """Testing hook: a Ctrl-C right after epoch N's checkpoint is written.
+
+    `from_env` builds it from ``PRUNECLI_INTERRUPT_AFTER_EPOCH=N`` (the resume tests).
+    """
+
+    key = "interrupt"
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    @classmethod
+    def from_env(cls) -> Optional["InterruptAfterEpoch"]:
+        value = os.environ.get(INTERRUPT_ENV, "")
+        return cls(int(value)) if value.strip().lstrip("-").isdigit() else None
+
+    def after_save(self, state: FitState) -> None:
+        if state.epoch == self.epoch and state.record is not None:
+            raise KeyboardInterrupt

@@ -1,0 +1,321 @@
+"""The Trainer: ``Trainer(cfg).fit(model, data, callbacks=[...])``, an explicit epoch loop.
+
+Every method that acts during training (mask enforcement, soft re-selection, sparsity
+penalties, rewinding, score training, distillation) is a `Callback` on these events:
+
+    on_fit_start                      once, before the first epoch
+      on_epoch_start                  the epoch's RNG is already seeded
+        after_backward                every step: gradients ready (unscaled under AMP)
+        after_step                    every step: after the optimizer and lr schedule
+      on_epoch_end                    the epoch's train stats and (when due) test result are in
+      before_save                     last chance to change what the epoch's checkpoint holds
+      (save)                          the caller's ``save(state)``, on rank 0 only
+      after_save                      the checkpoint is on disk (log lines, best copies)
+    on_fit_end
+
+Callbacks get the `FitState`: the unwrapped model (no DDP ``module.`` prefix), the
+optimizer, the epoch, the current masks and metrics. Each callback's ``state_dict()`` goes
+into the resume state and comes back through ``load_state_dict``, so a run killed after
+any epoch resumes bit-identically (CPU, fixed seed): randomness is a function of (seed,
+epoch) (prunecli.data.loaders), and the optimizer, schedule, scaler and callbacks carry
+their state.
+
+The trainer owns the current masks (``state.masks``): a callback that changes them calls
+``state.set_masks``, and the caller's ``save`` writes ``state.masks`` every epoch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from prunecli._console import log
+from prunecli.config.train import TrainingOptions, check_global_batch
+from prunecli.data import DataBundle
+from prunecli.data.loaders import epoch_seed, make_batches
+from prunecli.engine.distributed import DistInfo, barrier, resolve_device
+from prunecli.engine.loop import EpochStats, EvalResult, evaluate, train_one_epoch
+from prunecli.engine.optim import build_optimizer, build_scheduler
+from prunecli.engine.progress import epoch_bar
+from prunecli.errors import PruneCliError
+
+
+class TrainingInterrupted(PruneCliError):
+    """Ctrl-C (or a kill the process survives) during training: exit code 130."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, *, saved_epoch: Optional[int] = None):
+        super().__init__(message)
+        self.saved_epoch = saved_epoch
+
+
+class Callback:
+    """Base class: override the events you need (see the module docstring).
+
+    ``key`` names the callback's state in the resume state; two callbacks of one run must
+    not share a key.
+    """
+
+    key: str = ""
+
+    def state_key(self) -> str:
+        return self.key or type(self).__name__
+
+    def on_fit_start(self, state: "FitState") -> None: ...
+
+    def on_epoch_start(self, state: "FitState") -> None: ...
+
+    def after_backward(self, state: "FitState") -> None: ...
+
+    def after_step(self, state: "FitState") -> None: ...
+
+    def on_epoch_end(self, state: "FitState") -> None: ...
+
+    def before_save(self, state: "FitState") -> None: ...
+
+    def after_save(self, state: "FitState") -> None: ...
+
+    def on_fit_end(self, state: "FitState") -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class FitState:
+    """What callbacks see and change during `Trainer.fit`."""
+
+    cfg: TrainingOptions
+    model: torch.nn.Module  # unwrapped: parameter names as in the checkpoint
+    device: torch.device
+    dist: DistInfo
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Optional[torch.amp.GradScaler]
+    amp_dtype: Optional[torch.dtype]
+    callbacks: list[Callback]
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    masks_version: int = 0  # bumped by set_masks: what was measured before no longer compares
+    epoch: int = 0  # epochs completed
+    resumed: bool = False
+    train_stats: Optional[EpochStats] = None  # of the epoch that just ended
+    last_eval: Optional[EvalResult] = None  # the latest test result (not every epoch is evaluated)
+    evaluated: bool = False  # whether this epoch ended with a test evaluation
+    record: Optional[dict[str, Any]] = None  # this epoch's metrics line
+    saved_epoch: Optional[int] = None  # the last epoch a checkpoint holds
+    seconds: float = 0.0  # wall time of fit's epochs
+
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        self.masks = dict(masks)
+        self.masks_version += 1
+
+    def resume_state(self) -> dict[str, Any]:
+        """Optimizer, schedule, scaler, epoch and callback states (plain data and tensors)."""
+        return {
+            "epoch": self.epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "last_eval": vars(self.last_eval) if self.last_eval is not None else None,
+            "masks_version": self.masks_version,
+            "callbacks": {cb.state_key(): cb.state_dict() for cb in self.callbacks},
+        }
+
+
+def amp_dtype_for(cfg: TrainingOptions, device: torch.device) -> Optional[torch.dtype]:
+    use = cfg.amp if cfg.amp is not None else device.type == "cuda"
+    if not use:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+class Trainer:
+    """Runs ``cfg.epochs`` epochs of training with callbacks; see the module docstring."""
+
+    def __init__(self, cfg: TrainingOptions, *, device: Optional[torch.device] = None, dist: DistInfo = DistInfo()):
+        self.cfg = cfg
+        self.dist = dist
+        self.device = device if device is not None else resolve_device(cfg.device, dist.local_rank)
+
+    def fit(
+        self,
+        model: torch.nn.Module,
+        data: DataBundle,
+        callbacks: Sequence[Callback] = (),
+        *,
+        masks: Optional[dict[str, torch.Tensor]] = None,
+        save: Optional[Callable[[FitState], None]] = None,
+        resume: Optional[dict[str, Any]] = None,
+        label: str = "train",
+    ) -> FitState:
+        """Train ``model`` in place; returns the final state.
+
+        ``masks`` are enforced after every step (an `EnforceMasks` callback is added unless
+        one is given). ``save(state)`` runs on rank 0 after every epoch (and once when
+        there is nothing to train). ``resume`` is a `FitState.resume_state` from a saved
+        run; the model must already hold that run's weights.
+        """
+        from prunecli.engine.callbacks import EnforceMasks
+
+        cfg, device, dist = self.cfg, self.device, self.dist
+        world = dist.world_size
+        check_global_batch(cfg, world)
+        amp_dtype = amp_dtype_for(cfg, device)
+        channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+
+        callbacks = list(callbacks)
+        if masks and not any(isinstance(cb, EnforceMasks) for cb in callbacks):
+            callbacks.insert(0, EnforceMasks())
+        keys = [cb.state_key() for cb in callbacks]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"two callbacks share a state key: {keys}")
+
+        model.to(device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        common = dict(device=device, seed=cfg.seed, rank=dist.rank, world_size=world, workers=cfg.workers, channels_last=channels_last)
+        train_batches = make_batches(
+            data, "train", batch_size=cfg.batch_size // world, train=True, labels_shuffled=cfg.shuffle_labels, **common
+        )
+        test_batches = make_batches(data, "test", batch_size=cfg.batch_size // world, train=False, **common)
+        net = model
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        optimizer = build_optimizer(cfg, model)
+        scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+        state = FitState(
+            cfg=cfg,
+            model=model,
+            device=device,
+            dist=dist,
+            optimizer=optimizer,
+            scheduler=build_scheduler(cfg, optimizer, len(train_batches)),
+            scaler=scaler,
+            amp_dtype=amp_dtype,
+            callbacks=callbacks,
+            masks=dict(masks or {}),
+        )
+        if resume:
+            self._restore(state, resume)
+
+        n_params = sum(p.numel() for p in model.parameters())
+        log(
+            f"{label} on {data.spec.name} ({len(data.train):,} train / {len(data.test):,} test images, {n_params:,} params) "
+            f"on {device}{f' x{world}' if world > 1 else ''}"
+            f"{', AMP ' + str(amp_dtype).replace('torch.', '') if amp_dtype else ''}"
+            f"{', channels_last' if channels_last else ''}; epochs {state.epoch}->{cfg.epochs}"
+        )
+
+        def fire(event: str) -> None:
+            for cb in callbacks:
+                getattr(cb, event)(state)
+
+        def saved() -> None:
+            fire("before_save")
+            if save is not None and state.is_main:
+                save(state)
+            state.saved_epoch = state.epoch
+            fire("after_save")
+
+        fire("on_fit_start")
+        start = state.epoch
+        started = time.perf_counter()
+        if state.resumed:
+            state.saved_epoch = start
+        try:
+            for epoch in range(start, cfg.epochs):
+                torch.manual_seed(epoch_seed(cfg.seed, epoch, stream=4))  # dropout etc.: a function of (seed, epoch)
+                train_batches.set_epoch(epoch)
+                fire("on_epoch_start")
+                with epoch_bar(f"epoch {epoch + 1}/{cfg.epochs}", train_batches.num_samples * world) as bar:
+                    stats = train_one_epoch(
+                        net,
+                        train_batches,
+                        optimizer,
+                        state.scheduler,
+                        device=device,
+                        label_smoothing=cfg.label_smoothing,
+                        amp_dtype=amp_dtype,
+                        scaler=scaler,
+                        after_backward=lambda: fire("after_backward"),
+                        after_step=lambda: fire("after_step"),
+                        progress=bar,
+                        dist_info=dist,
+                    )
+                state.epoch, state.train_stats = epoch + 1, stats
+                state.evaluated = (epoch + 1) % max(1, cfg.eval_every) == 0 or epoch + 1 == cfg.epochs
+                if state.evaluated:
+                    state.last_eval = evaluate(model, test_batches, device=device, amp_dtype=amp_dtype, dist_info=dist)
+                state.record = _record(state)
+                log(_epoch_line(state))
+                fire("on_epoch_end")
+                saved()
+                barrier(dist)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(
+                f"interrupted during epoch {state.epoch + 1}" if state.saved_epoch is None else f"interrupted; epoch {state.saved_epoch} was saved",
+                saved_epoch=state.saved_epoch,
+            ) from None
+
+        if start >= cfg.epochs:  # --epochs 0, or resuming a finished run: record the model as it is
+            state.evaluated, state.record = True, None
+            state.last_eval = evaluate(model, test_batches, device=device, amp_dtype=amp_dtype, dist_info=dist)
+            saved()
+        state.seconds = time.perf_counter() - started
+        fire("on_fit_end")
+        barrier(dist)
+        return state
+
+    def _restore(self, state: FitState, resume: dict[str, Any]) -> None:
+        state.epoch = int(resume["epoch"])
+        state.resumed = True
+        state.optimizer.load_state_dict(resume["optimizer"])
+        state.scheduler.load_state_dict(resume["scheduler"])
+        if state.scaler is not None and resume.get("scaler"):
+            state.scaler.load_state_dict(resume["scaler"])
+        if resume.get("last_eval"):
+            state.last_eval = EvalResult(**resume["last_eval"])
+        state.masks_version = int(resume.get("masks_version") or 0)
+        stored = resume.get("callbacks") or {}
+        for cb in state.callbacks:
+            if cb.state_key() in stored:
+                cb.load_state_dict(stored[cb.state_key()])
+
+
+def _record(state: FitState) -> dict[str, Any]:
+    stats, ev = state.train_stats, state.last_eval
+    record = {
+        "epoch": state.epoch,
+        "train_loss": round(stats.loss, 6),
+        "train_top1": round(stats.top1, 4),
+        "lr": stats.lr,
+        "images_per_s": round(stats.images_per_s, 1),
+        "seconds": round(stats.seconds, 3),
+    }
+    if state.evaluated:
+        record.update(test_loss=round(ev.loss, 6), test_top1=round(ev.top1, 4), test_top5=round(ev.top5, 4))
+    return record
+
+
+def _epoch_line(state: FitState) -> str:
+    stats, ev = state.train_stats, state.last_eval
+    test = f"  test {ev.top1:6.2f}% (top-5 {ev.top5:6.2f}%)" if ev is not None else ""
+    return (
+        f"epoch {state.epoch:>3}/{state.cfg.epochs}  loss {stats.loss:.4f}  train {stats.top1:6.2f}%{test}  "
+        f"lr {stats.lr:.4g}  {stats.images_per_s:,.0f} img/s  {stats.seconds:.1f}s"
+    )

@@ -1,0 +1,93 @@
+"""What every stage does with files: a checkpoint in, a model and its data out.
+
+The one load -> rebuild sequence (the writing side is `prunecli.checkpoint.derive` +
+`save_checkpoint`), and the data a checkpoint was trained on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from prunecli.checkpoint import Checkpoint, atomic_write, load_checkpoint
+from prunecli.data import DataBundle, get_dataset
+from prunecli.errors import OptionError, PruneCliError
+from prunecli.models import ModelSpec, rebuild
+from prunecli.surgery.masks import apply_masks
+
+
+def rebuild_model(ckpt: Checkpoint) -> nn.Module:
+    """The checkpoint's model: spec -> converters -> structure -> weights (prunecli.models.build)."""
+    return rebuild(
+        ckpt.model,
+        converters=ckpt.converters,
+        structure=ckpt.structure,
+        state_dict=ckpt.state_dict,
+        where=str(ckpt.path or "checkpoint"),
+        code_sha256=ckpt.extra.get("model_code_sha256"),
+    )
+
+
+def load_model(path: Path, *, device: Optional[torch.device] = None) -> tuple[Checkpoint, nn.Module]:
+    """Read ``path`` and rebuild its model (on ``device``, masks applied, in eval mode)."""
+    ckpt = load_checkpoint(path)
+    model = rebuild_model(ckpt).eval()
+    if device is not None:
+        model.to(device)
+    apply_masks(model, ckpt.masks, where=str(path))
+    return ckpt, model
+
+
+def check_data_fits_model(bundle: DataBundle, spec: ModelSpec, where: str) -> None:
+    """The dataset's input shape and classes must be what the model was built for."""
+    d = bundle.spec
+    if (d.num_classes, d.in_channels, d.image_size) != (spec.num_classes, spec.in_channels, spec.image_size):
+        raise PruneCliError(
+            f"{where}: model takes {spec.in_channels}x{spec.image_size}x{spec.image_size} inputs and "
+            f"{spec.num_classes} classes; dataset {d.name} has {d.in_channels}x{d.image_size}x{d.image_size} "
+            f"and {d.num_classes}"
+        )
+
+
+def data_for_checkpoint(ckpt: Checkpoint, *, dataset: Optional[str], data: Optional[str], download: bool = False) -> DataBundle:
+    """The checkpoint's own dataset (or ``dataset``), read from ``data`` or the recorded root."""
+    spec = ckpt.dataset
+    name = dataset or (spec.name if spec else None)
+    if name is None:
+        raise OptionError(f"{ckpt.path}: records no dataset; pass {{dataset}}")
+    same = spec is not None and spec.name == name
+    root = data or (spec.root if same and spec.root else None)
+    opts = spec.options if same and spec else {}
+    bundle = get_dataset(
+        name,
+        root=Path(root) if root else None,
+        download=download,
+        image_size=ckpt.model.image_size,
+        num_classes=opts.get("num_classes") if opts else (ckpt.model.num_classes if name == "synthetic" else None),
+    )
+    check_data_fits_model(bundle, ckpt.model, str(ckpt.path))
+    return bundle
+
+
+def side_paths(output: Path) -> dict[str, Path]:
+    """What a training stage writes next to its checkpoint."""
+    stem = output.name[: -len(output.suffix)] if output.suffix else output.name
+    return {
+        "best": output.with_name(f"{stem}.best{output.suffix or '.pt'}"),
+        "metrics": output.with_name(f"{stem}.metrics.jsonl"),
+        "config": output.with_name(f"{stem}.config.yaml"),
+    }
+
+
+def write_config(path: Path, command: str, options: dict) -> None:
+    """The resolved options next to an output, as a file ``--config`` reads back."""
+    import yaml
+
+    from prunecli.checkpoint import to_plain
+
+    body = yaml.safe_dump(to_plain(options), sort_keys=False)
+    text = f"# resolved options of `prunecli {command}`; reuse with --config\n{body}"
+    atomic_write(path, lambda f: f.write(text.encode()))

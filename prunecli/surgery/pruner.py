@@ -1,0 +1,322 @@
+"""The Pruner: plan, mask and remove channels (or single weights) of a model in memory.
+
+    pruner = Pruner(model, get_criterion("geomedian"), Selection(rate=0.4), example_input=x)
+    plan = pruner.plan()        # scores -> which channels each dependency unit loses
+    pruner.mask(plan)           # zero whole dependency groups; every shape stays
+    pruner.remove(plan)         # or remove them physically; returns the replayable history
+
+Everything happens on the model's device. Criteria that need gradients read
+``calibration``, an iterable of (inputs, labels) batches on that device, once.
+
+A mask means exactly what removal will do: `mask` removes the plan from a copy of the
+model while tracking which entries survive (surgery/tracking.py), and those entries are
+the mask. The copy comes back with the masks, so callers can measure the compressed
+model or keep it.
+
+The criterion is anything with the `Scorer` interface (prunecli.criteria implements it);
+the Pruner does not know criteria by name.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+from typing import Iterable, Optional, Protocol
+
+import torch
+import torch.nn as nn
+
+from prunecli.config.prune import Selection
+from prunecli.errors import OptionError, PruneCliError
+from prunecli.metrics.complexity import count_complexity
+from prunecli.models.layers import prunable_layers
+from prunecli.surgery.masks import Masks, apply_masks, maskable_tensors
+from prunecli.surgery.plan import (
+    Plan,
+    UnitPlan,
+    resolve,
+    select_global,
+    select_layerwise,
+    select_weights_global,
+    select_weights_layerwise,
+)
+from prunecli.surgery.removal import apply_plan, check_runs, dead_channels
+from prunecli.surgery.tracking import masks_from_kept, prune_tracking_entries
+from prunecli.surgery.units import Graph, Unit, build_graph, layer_weights, output_layer, units
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+class Scorer(Protocol):
+    """What the Pruner needs of a criterion (prunecli.criteria.Criterion implements it)."""
+
+    name: str
+    granularities: tuple[str, ...]
+    needs_data: bool
+    global_normalizer: Optional[str]
+    weight_global_normalizer: Optional[str]
+
+    def prepare(self, model: nn.Module, units: list[Unit], calibration: Optional[Batches]) -> None: ...
+
+    def channel_scores(self, unit: Unit) -> Optional[torch.Tensor]: ...
+
+    def select_channels(self, unit: Unit, n_prune: int) -> torch.Tensor: ...
+
+    def weight_scores(self, name: str, param: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(eq=False)
+class Masked:
+    """What `Pruner.mask` did."""
+
+    masks: Masks  # entries this plan zeroes (original shapes; tensors that lose nothing are left out)
+    compressed: Optional[nn.Module]  # a copy with the plan removed physically (channel plans only)
+    history: list  # Torch-Pruning's record of that removal, replayable on a fresh model
+    kept: dict[str, torch.Tensor]  # tensor name -> the copy's kept flat indices (surgery/tracking.py)
+
+
+@dataclass(eq=False)
+class Removal:
+    """What `Pruner.remove` did to the model."""
+
+    history: list  # Torch-Pruning's record of this removal, replayable on a fresh model
+    kept: dict[str, torch.Tensor]  # tensor name -> kept flat indices of the original tensor
+
+
+class Pruner:
+    """Plans, masks and removes on ``model``, in place, on its device (see the module docstring).
+
+    ``criterion`` and ``selection`` are needed by `plan` and `plan_for_macs` only;
+    `plan_zeroed` (what ``compress`` removes) needs neither. ``example_input`` is a batch
+    of the model's input shape (zeros will do) used to trace the model.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        criterion: Optional[Scorer] = None,
+        selection: Optional[Selection] = None,
+        *,
+        example_input: torch.Tensor,
+        granularity: str = "channel",
+        calibration: Optional[Batches] = None,
+        name: str = "model",
+    ):
+        if granularity not in ("channel", "weight"):
+            raise OptionError(f"{{granularity}} {granularity!r}: valid: channel, weight")
+        if criterion is not None and granularity not in criterion.granularities:
+            raise OptionError(
+                f"criterion {criterion.name!r} prunes at {{granularity}} {', '.join(criterion.granularities)}, not {granularity!r}"
+            )
+        self.model = model
+        self.criterion = criterion
+        self.selection = selection or Selection()
+        self.granularity = granularity
+        self.calibration = calibration
+        self.name = name
+        self.example = example_input.to(self.device)
+        self._graph: Optional[Graph] = None
+        self._units: Optional[list[Unit]] = None
+        self._scores: Optional[dict[int, torch.Tensor]] = None
+        self._notes: list[str] = []
+        self._output_layer: Optional[str] = None
+
+    # -- what the model is made of
+
+    @property
+    def device(self) -> torch.device:
+        return next((p.device for p in self.model.parameters()), torch.device("cpu"))
+
+    @property
+    def graph(self) -> Graph:
+        if self._graph is None:
+            self._graph = build_graph(self.model, self.example, name=self.name)
+        return self._graph
+
+    @property
+    def units(self) -> list[Unit]:
+        if self._units is None:
+            self._units = units(self.graph)
+        return self._units
+
+    @property
+    def output_layer(self) -> Optional[str]:
+        if self._output_layer is None:
+            self._output_layer = output_layer(self.model, self.example)
+        return self._output_layer
+
+    def _linear_layers(self) -> set[str]:
+        return {n for n, m in prunable_layers(self.model) if isinstance(m, nn.Linear)}
+
+    # -- plans
+
+    def plan(self, rate: Optional[float] = None) -> Plan:
+        """The selection's plan (``rate`` replaces its base rate)."""
+        sel = self.selection if rate is None else replace(self.selection, rate=rate)
+        if self.granularity == "weight":
+            return self._weight_plan(sel)
+        return self._channel_plan(sel)
+
+    def _needs_criterion(self) -> Scorer:
+        if self.criterion is None:
+            raise PruneCliError("this Pruner has no criterion: pass one to plan by scores")
+        return self.criterion
+
+    def _channel_scores(self) -> dict[int, torch.Tensor]:
+        """Each eligible unit's channel scores (float64, CPU), computed once."""
+        if self._scores is not None:
+            return self._scores
+        criterion = self._needs_criterion()
+        criterion.prepare(self.model, self.units, self.calibration)
+        scores: dict[int, torch.Tensor] = {}
+        unscored: list[str] = []
+        for p in resolve(self.units, self.selection, output_layer=self.output_layer, linear_layers=self._linear_layers()):
+            if p.status != "prune":
+                continue
+            s = criterion.channel_scores(p.unit)
+            if s is None:
+                unscored.append(p.unit.root)
+            else:
+                scores[p.unit.index] = s.detach().double().cpu()
+        if unscored:
+            if not scores:
+                raise PruneCliError(f"criterion {criterion.name!r} cannot score any prunable layer of {self.name} (e.g. slimming needs BatchNorm)")
+            self._notes.append(f"{len(unscored)} layer group(s) {criterion.name} cannot score were left whole: {', '.join(unscored[:5])}")
+        self._scores = scores
+        return scores
+
+    def _channel_plan(self, sel: Selection) -> Plan:
+        criterion = self._needs_criterion()
+        scores = self._channel_scores()
+        plans = resolve(self.units, sel, output_layer=self.output_layer, linear_layers=self._linear_layers())
+        for p in plans:
+            if p.status == "prune" and p.unit.index not in scores:
+                p.status, p.reason = "unscored", f"{criterion.name} cannot score it"
+        if sel.scope == "global":
+            select_global(plans, scores, sel, criterion.global_normalizer)
+        else:
+            select_layerwise(plans, criterion.select_channels, sel, scores_of=lambda u: scores[u.index])
+        for p in plans:
+            if p.status == "prune" and len(p.prune) >= p.size:
+                raise PruneCliError(f"pruning would empty {p.unit.root} ({p.size} channels); lower the rate")
+        return Plan("channel", plans, rate=sel.rate, notes=list(self._notes))
+
+    def _weight_plan(self, sel: Selection) -> Plan:
+        criterion = self._needs_criterion()
+        layers = layer_weights(self.model)
+        if self._scores is None:
+            criterion.prepare(self.model, [], self.calibration)
+        plans = resolve(layers, sel, output_layer=self.output_layer, linear_layers=self._linear_layers())
+        if self._scores is None:
+            self._scores = {
+                p.unit.index: criterion.weight_scores(f"{p.unit.root}.weight", p.unit.module.weight).detach().double().cpu().flatten()
+                for p in plans
+                if p.status == "prune"
+            }
+        if sel.scope == "global":
+            select_weights_global(plans, self._scores, sel, criterion.weight_global_normalizer)
+        else:
+            select_weights_layerwise(plans, self._scores)
+        note = "weight-level masks keep every shape: compress removes only channels that end up entirely zero"
+        return Plan("weight", plans, rate=sel.rate, notes=[note])
+
+    def plan_zeroed(self) -> Plan:
+        """Remove every channel whose output is identically zero (what ``compress`` does)."""
+        plans: list[UnitPlan] = []
+        notes: list[str] = []
+        for u in self.units:
+            dead = dead_channels(u)
+            if len(dead) == u.channels:  # a layer that is entirely zero keeps one (zero) channel
+                dead = dead[1:]
+                notes.append(f"{u.root}: every channel was zero; one zero channel kept so the layer still exists")
+            if len(dead):
+                plans.append(UnitPlan(u, "prune", prune=dead))
+        return Plan("channel", plans, notes=notes)
+
+    def plan_for_macs(self, target: float) -> Plan:
+        """The plan whose removal takes away at least ``target`` of the MACs, at the lowest base rate.
+
+        Bisection on the base rate; each candidate is removed from a copy and counted with
+        ptflops, so the answer holds for the compressed model, not for an estimate.
+        """
+        if not (0.0 < target < 1.0):
+            raise OptionError(f"{{target_macs}} {target}: the fraction of MACs to remove must be in (0, 1)")
+        if self.granularity != "channel":
+            raise OptionError("{target_macs} needs {granularity} channel: removing single weights does not reduce MACs")
+        shape = tuple(self.example.shape[1:])
+        base = count_complexity(self.model, shape).macs
+
+        def reduction(rate: float) -> tuple[float, Plan]:
+            plan = self.plan(rate)
+            return 1.0 - count_complexity(self._removed_copy(plan), shape).macs / base, plan
+
+        eligible = [p for p in self.plan(0.0).units if p.status == "prune"]
+        # the largest base rate that leaves every unit at least one channel (or position)
+        widths = [p.size // max(1, p.unit.conv_groups) for p in eligible]
+        feasible = min((1.0 - 1.0 / w for w in widths if w > 1), default=0.0)
+        lo, hi = 0.0, min(0.99, self.selection.max_layer_rate or 0.99, feasible)
+        top, best = reduction(hi)
+        if top < target:
+            raise OptionError(f"{{target_macs}} {target}: these settings remove at most {top:.1%} of the MACs (at rate {hi:g})")
+        best_rate = hi
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            red, plan = reduction(mid)
+            if red >= target:
+                hi, best, best_rate = mid, plan, mid
+            else:
+                lo = mid
+            if hi - lo < 1e-3:
+                break
+        best.rate = round(best_rate, 4)
+        return best
+
+    # -- acting on a plan
+
+    def _removed_copy(self, plan: Plan) -> nn.Module:
+        work = copy.deepcopy(self.model)
+        apply_plan(build_graph(work, self.example, name=self.name), plan)
+        return work
+
+    def mask(self, plan: Plan) -> Masked:
+        """Zero what ``plan`` removes, in place: whole dependency groups for channel plans."""
+        if plan.granularity == "weight":
+            return self._mask_weights(plan)
+        blocked = [p.unit for p in plan.pruned if p.unit.stat_norms]
+        if blocked:
+            u = blocked[0]
+            raise PruneCliError(
+                f"a mask cannot stand for removing channels of {u.root}: {u.stat_norms[0]} normalises over them "
+                "(LayerNorm/GroupNorm statistics change when a channel is zeroed); remove them directly instead "
+                "(Pruner.remove; on the command line, prune --compress)"
+            )
+        work = copy.deepcopy(self.model)
+        graph = build_graph(work, self.example, name=self.name)
+        shapes = {n: t.shape for n, t in maskable_tensors(work).items()}
+        kept = prune_tracking_entries(work, lambda m: apply_plan(graph, plan))
+        check_runs(work, self.example, self.name)
+        masks = {n: m for n, m in masks_from_kept(shapes, kept, shapes).items() if not bool(m.all())}
+        apply_masks(self.model, masks)
+        return Masked(masks=masks, compressed=work, history=[list(h) for h in graph.dg.pruning_history()], kept=kept)
+
+    @torch.no_grad()
+    def _mask_weights(self, plan: Plan) -> Masked:
+        masks: Masks = {}
+        for p in plan.pruned:
+            w = p.unit.module.weight
+            m = torch.ones(w.numel(), dtype=torch.bool)
+            m[p.prune] = False
+            masks[f"{p.unit.root}.weight"] = m.view(w.shape)
+        apply_masks(self.model, masks)
+        return Masked(masks=masks, compressed=None, history=[], kept={})
+
+    def remove(self, plan: Plan) -> Removal:
+        """Remove ``plan`` physically from the model; its units and scores are traced anew afterwards."""
+        if plan.granularity != "channel":
+            raise PruneCliError("weight-level plans keep every shape: mask them instead of removing")
+        graph = self.graph
+        done = len(graph.dg.pruning_history())
+        kept = prune_tracking_entries(self.model, lambda m: apply_plan(graph, plan))
+        check_runs(self.model, self.example, self.name)
+        self._units, self._scores, self._output_layer = None, None, None
+        return Removal(history=[list(h) for h in graph.dg.pruning_history()[done:]], kept=kept)
