@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import pickle
 import zipfile
 
@@ -160,3 +161,78 @@ def test_rebuild_round_trip(tmp_path):
     again = rebuild_model(load_checkpoint(path)).eval()
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(model(x), again(x))
+
+
+# -- format version 1 (before the in-memory core) ---------------------------------------
+
+V1 = Path(__file__).resolve().parent / "data" / "v1"
+
+
+def _weights_sha256(state_dict) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        h.update(k.encode())
+        h.update(state_dict[k].numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_version_1_checkpoints_rebuild_to_the_same_outputs():
+    from prunecli.surgery.equivalence import outputs, probe_batch
+
+    expected = torch.load(V1 / "expected.pt", weights_only=True)
+    assert torch.load(V1 / "resnet20-compressed.pt", weights_only=True)["version"] == 1
+    ck = load_checkpoint(V1 / "resnet20-compressed.pt")
+    assert ck.converters == [] and ck.structure and [e["command"] for e in ck.lineage] == ["prune", "compress"]
+    assert torch.equal(outputs(rebuild_model(ck), probe_batch(ck.model, 4)), expected["r20_compressed_probe4"])
+
+
+def test_version_1_run_resumes_bit_identically(cli, tmp_path):
+    expected = torch.load(V1 / "expected.pt", weights_only=True)
+    run = tmp_path / "run.pt"
+    run.write_bytes((V1 / "lenet300_100-train.pt").read_bytes())
+    assert load_checkpoint(run).resume["callbacks"]["best"]["epoch"] == 2  # the v1 best record, upgraded
+    r = cli("train", "--resume", run, "--epochs", "3")
+    assert r.code == 0, r.stderr
+    ck = load_checkpoint(run)
+    assert _weights_sha256(ck.state_dict) == expected["lenet_resumed_epoch3_sha256"]
+    assert ck.metrics["top1"] == expected["lenet_resumed_epoch3_top1"] and ck.metrics["epoch"] == 3
+    assert torch.load(run, weights_only=True)["version"] == 2  # rewritten in the current format
+
+
+# -- the model-building pipeline --------------------------------------------------------
+
+
+def test_converters_run_between_the_spec_and_the_weights(tmp_path):
+    """spec -> converters -> structure -> state dict: a converter recorded by name rebuilds."""
+    from prunecli.models import build_model, register_converter
+    from prunecli.models.build import _CONVERTERS
+
+    @register_converter("test-double-head")
+    def double_head(model, *, factor: int):
+        model.fc = torch.nn.Linear(model.fc.in_features, model.fc.out_features * factor)
+        return model
+
+    try:
+        spec = ModelSpec("resnet20", 3, 10, 8)
+        model = double_head(build_model(spec), factor=2)
+        ckpt = Checkpoint(model=spec, state_dict=model.state_dict(), converters=[{"name": "test-double-head", "args": {"factor": 2}}])
+        again = rebuild_model(load_checkpoint(save_checkpoint(ckpt, tmp_path / "c.pt")))
+        assert again.fc.out_features == 20
+        assert all(torch.equal(v, again.state_dict()[k]) for k, v in model.state_dict().items())
+        unknown = Checkpoint(model=spec, state_dict={}, converters=[{"name": "no-such-converter", "args": {}}])
+        with pytest.raises(CheckpointError, match="no-such-converter"):
+            rebuild_model(load_checkpoint(save_checkpoint(unknown, tmp_path / "u.pt")))
+    finally:
+        _CONVERTERS._entries.pop("test-double-head", None)
+
+
+def test_derive_writes_one_lineage_entry_and_carries_the_rest(tmp_path, tiny_base):
+    from prunecli.checkpoint import derive
+
+    parent = load_checkpoint(tiny_base)
+    child = derive(parent, "prune", {"rate": 0.5}, state_dict=parent.state_dict, metrics={"x": 1})
+    assert [e["command"] for e in child.lineage] == ["train", "prune"]
+    assert child.lineage[-1]["parent"] == str(tiny_base) and child.lineage[-1]["options"] == {"rate": 0.5}
+    assert child.model == parent.model and child.dataset == parent.dataset and child.resume is None and child.metrics == {"x": 1}

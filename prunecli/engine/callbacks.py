@@ -43,6 +43,10 @@ class EnforceMasks(Callback):
     def after_step(self, state: FitState) -> None:
         self._enforce(state)
 
+    def before_save(self, state: FitState) -> None:
+        if self._version != state.masks_version:  # masks changed since the last step: the checkpoint must match them
+            self._enforce(state)
+
 
 class BestCheckpoint(Callback):
     """Keeps the best test top-1 so far and calls ``write(state)`` when it improves.
@@ -64,7 +68,9 @@ class BestCheckpoint(Callback):
         self._improved = False
         if state.masks_version != self.masks_version:
             self.top1, self.epoch, self.masks_version = None, None, state.masks_version
-        if state.evaluated and state.last_eval is not None and (self.top1 is None or state.last_eval.top1 > self.top1):
+        if not state.evaluated or state.last_eval is None or state.eval_masks_version != state.masks_version:
+            return  # no new result, or one measured with masks that have changed since
+        if self.top1 is None or state.last_eval.top1 > self.top1:
             self.top1, self.epoch, self._improved = state.last_eval.top1, state.epoch, True
 
     def after_save(self, state: FitState) -> None:

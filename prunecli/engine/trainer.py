@@ -108,6 +108,7 @@ class FitState:
     train_stats: Optional[EpochStats] = None  # of the epoch that just ended
     last_eval: Optional[EvalResult] = None  # the latest test result (not every epoch is evaluated)
     evaluated: bool = False  # whether this epoch ended with a test evaluation
+    eval_masks_version: int = 0  # the masks_version last_eval was measured with
     record: Optional[dict[str, Any]] = None  # this epoch's metrics line
     saved_epoch: Optional[int] = None  # the last epoch a checkpoint holds
     seconds: float = 0.0  # wall time of fit's epochs
@@ -261,6 +262,7 @@ class Trainer:
                 state.evaluated = (epoch + 1) % max(1, cfg.eval_every) == 0 or epoch + 1 == cfg.epochs
                 if state.evaluated:
                     state.last_eval = evaluate(model, test_batches, device=device, amp_dtype=amp_dtype, dist_info=dist)
+                    state.eval_masks_version = state.masks_version
                 state.record = _record(state)
                 log(_epoch_line(state))
                 fire("on_epoch_end")
@@ -275,6 +277,7 @@ class Trainer:
         if start >= cfg.epochs:  # --epochs 0, or resuming a finished run: record the model as it is
             state.evaluated, state.record = True, None
             state.last_eval = evaluate(model, test_batches, device=device, amp_dtype=amp_dtype, dist_info=dist)
+            state.eval_masks_version = state.masks_version
             saved()
         state.seconds = time.perf_counter() - started
         fire("on_fit_end")
