@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from prunecli.errors import PruneCliError
+from prunecli.errors import OptionError
 from prunecli.criteria._registry import Criterion, register_criterion
 
 
@@ -23,7 +23,7 @@ class Magnitude(Criterion):
     global_normalizer = None
 
     def channel_scores(self, unit) -> torch.Tensor:
-        raise PruneCliError("magnitude scores single weights: use --granularity weight, or l1 / l2 for channels")
+        raise OptionError("magnitude scores single weights: use {granularity} weight, or l1 / l2 for channels")
 
     def weight_scores(self, name, param) -> torch.Tensor:
         return param.detach().abs()

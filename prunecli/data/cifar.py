@@ -190,7 +190,7 @@ def _download(v: _Variant, root: Path) -> None:
             cls(str(root), train=train, download=True)
     except Exception as e:  # network, disk or checksum failure: one line, not a traceback
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PruneCliError(f"could not download {v.name} into {root}: {first}") from None
+        raise PruneCliError(f"could not download {v.name} into {root}: {first}") from e
 
 
 # ---------------------------------------------------------------------------------------
@@ -283,7 +283,7 @@ def load_restricted_pickle(path: Path, what: str = "data file") -> Any:
     except PruneCliError:
         raise
     except OSError as e:
-        raise PruneCliError(f"cannot read {path}: {e.strerror or e}") from None
+        raise PruneCliError(f"cannot read {path}: {e.strerror or e}") from e
     except Exception as e:  # EOFError, UnpicklingError, ValueError, ... from a damaged file
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PruneCliError(f"{path} is corrupt or truncated, not a readable {what} ({detail})") from None
+        raise PruneCliError(f"{path} is corrupt or truncated, not a readable {what} ({detail})") from e

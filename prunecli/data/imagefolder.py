@@ -131,14 +131,14 @@ def load_rgb(path: str) -> Image.Image:
             img = Image.open(f)
             return img.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise PruneCliError(f"cannot read image {path}: {e}") from None
+        raise PruneCliError(f"cannot read image {path}: {e}") from e
 
 
 def _make_folder(name: str, directory: Path, transform) -> "VisibleClassesFolder":
     try:
         return VisibleClassesFolder(str(directory), transform=transform, loader=load_rgb)
     except FileNotFoundError as e:  # a class folder without a single image file
-        raise PruneCliError(f"{name}: {directory}: {e}") from None
+        raise PruneCliError(f"{name}: {directory}: {e}") from e
 
 
 class VisibleClassesFolder(ImageFolder):

@@ -134,7 +134,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         else:
             blob = path.read_bytes()
     except (OSError, EOFError) as e:  # gzip's BadGzipFile is an OSError
-        raise PruneCliError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+        raise PruneCliError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from e
 
     header = 4 + 4 * ndim
     expected_magic = (_IDX_UBYTE << 8) | ndim  # 2049 for labels, 2051 for images
@@ -168,4 +168,4 @@ def _download(v: _Variant, root: Path) -> None:
             cls(str(root), train=train, download=True)
     except Exception as e:  # network, disk or checksum failure: one line, not a traceback
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise PruneCliError(f"could not download {v.name} into {root}: {first}") from None
+        raise PruneCliError(f"could not download {v.name} into {root}: {first}") from e
