@@ -142,7 +142,8 @@ class Pruner:
     @property
     def output_layer(self) -> Optional[str]:
         if self._output_layer is None:
-            self._output_layer = output_layer(self.model, self.example)
+            # channel plans trace the model anyway, and the trace saw the layers run
+            self._output_layer = self.graph.output_layer if self.granularity == "channel" else output_layer(self.model, self.example)
         return self._output_layer
 
     def _linear_layers(self) -> set[str]:

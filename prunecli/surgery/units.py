@@ -115,12 +115,28 @@ class Graph:
     dg: "DependencyGraph"
     names: dict[nn.Module, str]
     name: str = "model"  # the architecture, for messages
+    forward_order: list[str] = field(default_factory=list)  # prunable layers in the order the trace ran them
+
+    @property
+    def output_layer(self) -> Optional[str]:
+        """The conv/linear layer that runs last (the classifier's output)."""
+        return self.forward_order[-1] if self.forward_order else None
 
 
 def build_graph(model: nn.Module, example_input: torch.Tensor, *, name: str = "model") -> Graph:
-    """Trace ``model`` (prunecli.models.structure.trace) and keep its module names."""
-    dg = trace(model, example_input, name=name)
-    return Graph(model=model, dg=dg, names={m: n for n, m in model.named_modules()}, name=name)
+    """Trace ``model`` (prunecli.models.structure.trace) and keep its module names.
+
+    The trace's own forward pass also records the order the prunable layers run in, which
+    saves a second pass over the model to find its output layer.
+    """
+    order: list[str] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: order.append(n)) for n, m in prunable_layers(model)]
+    try:
+        dg = trace(model, example_input, name=name)
+    finally:
+        for h in hooks:
+            h.remove()
+    return Graph(model=model, dg=dg, names={m: n for n, m in model.named_modules()}, name=name, forward_order=order)
 
 
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
