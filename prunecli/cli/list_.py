@@ -9,7 +9,7 @@ import typer
 
 from prunecli.cli._common import emit_json
 from prunecli.cli._options import config_from, options_from
-from prunecli.config import ListConfig
+from prunecli.config import ListConfig, flag_for
 
 
 class What(str, enum.Enum):
@@ -86,7 +86,8 @@ def _print_rows(rows: list[dict], what: What) -> None:
         criteria.add_column(col, style="bold" if col == "name" else None)
     for r in rows:
         if r["kind"] == "criterion":
-            criteria.add_row(r["name"], ", ".join(r["granularities"]), "yes" if r["needs_data"] else "", ", ".join(r["hyperparameters"]), r["description"])
+            flags = ", ".join(flag_for(h) for h in r["hyperparameters"])
+            criteria.add_row(r["name"], ", ".join(r["granularities"]), "yes" if r["needs_data"] else "", flags, r["description"])
     algorithms = Table(title="algorithms: when and how pruning happens", title_justify="left", show_edge=False, pad_edge=False)
     for col in ("name", "criteria it takes", "what"):
         algorithms.add_column(col, style="bold" if col == "name" else None)

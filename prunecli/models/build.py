@@ -17,6 +17,7 @@ trust it (``PRUNECLI_TRUST_CODE=1``): building imports and runs that code.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Callable, Iterable, Mapping, Optional
 
@@ -74,7 +75,9 @@ def rebuild(
 
             warn(f"{spec.name} changed since {where} was written")
     try:
-        model = build_model(spec)
+        # every value is about to be overwritten by the state dict: skip the random init
+        with _initialisation_skipped() if state_dict is not None else contextlib.nullcontext():
+            model = build_model(spec)
     except PruneCliError as e:
         raise CheckpointError(f"{where}: cannot rebuild its model: {e}") from e
     for step in converters:
@@ -90,6 +93,30 @@ def rebuild(
     if state_dict is not None:
         load_state_strict(model, state_dict, where=where, arch=spec.name)
     return model
+
+
+_INIT_FUNCTIONS = (
+    "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_",
+    "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_",
+)
+
+
+@contextlib.contextmanager
+def _initialisation_skipped():
+    """``torch.nn.init`` functions do nothing inside: layers keep their allocated memory.
+
+    Only for models whose every parameter and buffer a strict state-dict load then
+    overwrites (`load_state_strict` refuses a state dict that misses one). Random init of
+    ResNet-50 costs about 0.15 s on this project's CPU, a tenth of a compress.
+    """
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS if hasattr(nn.init, name)}
+    try:
+        for name in saved:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
 
 
 def load_state_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, where: str, arch: str) -> None:
