@@ -38,7 +38,7 @@ import tempfile
 import warnings
 import zipfile
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -148,13 +148,17 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def lineage_entry(command: str, options: Mapping[str, Any], parent: Optional[Path] = None) -> dict[str, Any]:
     return {
         "command": command,
         "options": to_plain(options),
         "prunecli_version": __version__,
         "torch_version": torch.__version__,
-        "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "time": _now(),
         "parent": str(parent) if parent else None,
         "parent_sha256": sha256_file(parent) if parent else None,
     }
@@ -180,6 +184,19 @@ def derive(parent: Optional[Checkpoint], stage: str, options: Mapping[str, Any],
     entry = lineage_entry(stage, options, parent=parent.path if parent is not None else None)
     lineage = (list(parent.lineage) if parent is not None else []) + [entry]
     return Checkpoint(lineage=lineage, **values)
+
+
+def resumed(ckpt: Checkpoint, overrides: Mapping[str, Any]) -> Checkpoint:
+    """The template a resumed run writes: the same lineage, its last entry noting the resume.
+
+    A resume continues the stage that wrote ``ckpt`` rather than starting a new one, so it
+    adds no lineage entry; it records the epoch it continued from and the options given again.
+    """
+    lineage = [dict(e) for e in ckpt.lineage]
+    if lineage:
+        note = {"at_epoch": (ckpt.resume or {}).get("epoch"), "time": _now(), "overrides": to_plain(dict(overrides))}
+        lineage[-1]["resumed"] = list(lineage[-1].get("resumed") or []) + [note]
+    return replace(ckpt, state_dict={}, lineage=lineage, resume=None, path=None)
 
 
 # ---------------------------------------------------------------------------- loading

@@ -62,7 +62,7 @@ def test_pruner_plan_mask_remove_on_every_model_and_criterion(model):
         assert macs < macs_before and macs == count_complexity(masked.compressed, shape).macs, (model, name)
 
 
-def test_pruner_follows_the_model_to_its_device_and_plans_by_macs():
+def test_pruner_plans_for_a_macs_target():
     spec = _spec("resnet20")
     torch.manual_seed(0)
     model = build_model(spec)
@@ -72,7 +72,6 @@ def test_pruner_follows_the_model_to_its_device_and_plans_by_macs():
     pruner.remove(plan)
     assert 0.5 <= 1 - count_complexity(model, (3, 16, 16)).macs / before <= 0.56
     assert plan.rate is not None and 0 < plan.rate < 1
-    assert pruner.example.device == next(model.parameters()).device
 
 
 def test_pruner_weight_plans_mask_but_never_remove():
@@ -106,7 +105,7 @@ def test_criteria_take_their_hyperparameters_in_the_constructor():
     assert get_criterion("random", seed=3).seed == 3
     with pytest.raises(OptionError) as err:
         get_criterion("l1", mix_norm=0.1)
-    assert "geomedian" in str(err.value) and err.value.keys == ["mix_norm"]
+    assert "geomedian" in str(err.value) and set(err.value.keys) == {"mix_norm"}
     with pytest.raises(OptionError, match=r"\[0, 1\]"):
         get_criterion("geomedian", mix_norm=2.0)
 
@@ -258,10 +257,23 @@ def test_trainer_owns_the_masks_enforces_changes_and_resets_the_best_record():
     assert best_writes and best_writes[-1] == best.epoch
 
 
+def test_masks_a_callback_sets_are_enforced_even_when_the_run_starts_without_any():
+    cfg = TrainingOptions(**{**CFG, "epochs": 2})
+    model, saved = _fresh(), []
+    state = Trainer(cfg).fit(model, _data(), [PruneAtEpoch(1)], save=lambda s: saved.append(copy.deepcopy(s.model.conv1.weight)))
+    assert [type(cb).__name__ for cb in state.callbacks] == ["EnforceMasks", "PruneAtEpoch"]
+    assert torch.count_nonzero(saved[0][:4]) == 0  # the checkpoint of the epoch that set the masks matches them
+    assert torch.count_nonzero(model.conv1.weight[:4]) == 0 and torch.count_nonzero(model.conv1.weight[4:]) > 0
+
+
 def test_trainer_adds_mask_enforcement_once_and_refuses_duplicate_keys():
     cfg = TrainingOptions(**{**CFG, "epochs": 0})
-    state = Trainer(cfg).fit(_fresh(), _data(), [EnforceMasks()], masks={})
+    model = _fresh()
+    mask = torch.ones_like(model.conv1.weight, dtype=torch.bool)
+    mask[0] = False
+    state = Trainer(cfg).fit(model, _data(), [EnforceMasks()], masks={"conv1.weight": mask})
     assert [type(cb).__name__ for cb in state.callbacks] == ["EnforceMasks"]
+    assert torch.count_nonzero(model.conv1.weight[0]) == 0
     with pytest.raises(ValueError, match="share a state key"):
         Trainer(cfg).fit(_fresh(), _data(), [CountEvents(), CountEvents()])
 
@@ -294,3 +306,5 @@ def test_prune_on_cuda_calibrates_there(tmp_path):
     assert [r.after for r in cpu.rows] == [r.after for r in gpu.rows]
     assert cuda.macs_after < cuda.macs_before
     assert compress(tmp_path / "g.pt", tmp_path / "gc.pt").max_abs_diff < 1e-4
+    direct = prune_checkpoint(src, PruneConfig(method="l1", rate=0.4, device="cuda", compress=True), output=tmp_path / "d.pt")
+    assert direct.max_abs_diff is not None and direct.max_abs_diff < 1e-4  # checked on the GPU, in full precision

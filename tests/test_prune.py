@@ -392,8 +392,13 @@ def test_compressed_checkpoint_reloads_in_a_fresh_process(tmp_path, base):
 
 def test_list_methods(cli):
     r = cli("list", "methods", "--json")
-    names = {d["name"] for d in json.loads(r.stdout) if d["kind"] == "criterion"}
+    names = {d["name"] for d in json.loads(r.stdout)}
     assert names == {"l1", "l2", "geomedian", "slimming", "taylor", "lamp", "hessian", "random", "magnitude"}
+    assert all(d["algorithms"] == ["one-shot"] for d in json.loads(r.stdout))  # which algorithms take each
+    algorithms = json.loads(cli("list", "algorithms", "--json").stdout)
+    assert [a["name"] for a in algorithms] == ["one-shot"] and set(algorithms[0]["criteria"]) == names
+    table = cli("list", "methods").stdout
+    assert "criteria" in table and "algorithms" in table and "one-shot" in table
 
 
 def test_li_et_al_setting_as_a_config_file(cli, tmp_path):

@@ -37,6 +37,8 @@ def _annotation(spec: OptionSpec) -> Any:
         return Optional[str]  # "80,120"
     elif spec.kind in (Kind.STRS, Kind.KEY_VALUES, Kind.PATTERN_RATES):
         return Optional[list[str]]  # repeated flag
+    elif spec.opt.path:
+        base = Path
     else:
         base = {Kind.BOOL: bool, Kind.INT: int, Kind.FLOAT: float, Kind.STR: str}[spec.kind]
     return Optional[base] if spec.optional else base

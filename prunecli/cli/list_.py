@@ -16,11 +16,12 @@ class What(str, enum.Enum):
     models = "models"
     datasets = "datasets"
     methods = "methods"
+    algorithms = "algorithms"
 
 
-def _method_rows() -> list[dict]:
-    """Criteria (what scores a structure) and algorithms (when and how pruning happens)."""
-    from prunecli.algorithms import algorithm_description, get_algorithm, list_algorithms
+def _criteria_rows() -> list[dict]:
+    """Criteria (what scores a structure), each with the algorithms that take it."""
+    from prunecli.algorithms import get_algorithm, list_algorithms
     from prunecli.criteria import criterion_class, criterion_description, get_criterion, hyperparameters, list_criteria
 
     rows = []
@@ -29,23 +30,36 @@ def _method_rows() -> list[dict]:
         rows.append(
             {
                 "name": name,
-                "kind": "criterion",
                 "description": criterion_description(name),
                 "granularities": list(cls.granularities),
                 "needs_data": cls.needs_data,
                 "hyperparameters": hyperparameters(cls),
+                "algorithms": [a for a in list_algorithms() if get_algorithm(a).accepts(get_criterion(name)) is None],
             }
         )
+    return rows
+
+
+def _algorithm_rows() -> list[dict]:
+    """Algorithms (when and how pruning happens), each with the criteria it takes."""
+    from prunecli.algorithms import algorithm_description, get_algorithm, list_algorithms
+    from prunecli.criteria import get_criterion, list_criteria
+
+    rows = []
     for name in list_algorithms():
         algorithm = get_algorithm(name)
         accepted = [c for c in list_criteria() if algorithm.accepts(get_criterion(c)) is None]
-        rows.append({"name": name, "kind": "algorithm", "description": algorithm_description(name), "criteria": accepted})
+        rows.append({"name": name, "description": algorithm_description(name), "criteria": accepted})
     return rows
 
 
 @options_from(ListConfig)
 def list_(ctx: typer.Context, what: Annotated[What, typer.Argument(help="What to list.")], **options) -> None:
-    """List the registered models, datasets or pruning methods (criteria and algorithms) with a one-line description each."""
+    """List the registered models, datasets, methods (criteria, with the algorithms) or algorithms.
+
+    `list methods --json` lists the criteria (--method values), each with the algorithms
+    that take it; `list algorithms --json` lists the algorithms, each with its criteria.
+    """
     cfg = config_from(ctx, ListConfig, options)
     if what is What.models:
         from prunecli.models import list_models, model_description
@@ -57,8 +71,10 @@ def list_(ctx: typer.Context, what: Annotated[What, typer.Argument(help="What to
         from prunecli.data import dataset_description, list_datasets
 
         rows = [{"name": n, "description": dataset_description(n)} for n in list_datasets()]
+    elif what is What.methods:
+        rows = _criteria_rows()
     else:
-        rows = _method_rows()
+        rows = _algorithm_rows()
     if cfg.json:
         emit_json(rows)
         return
@@ -73,7 +89,7 @@ def _print_rows(rows: list[dict], what: What) -> None:
 
     # a listing is the command's result: stdout, so that `prunecli list models | grep vgg` works
     out = Console(file=sys.stdout, highlight=False)
-    if what is not What.methods:
+    if what in (What.models, What.datasets):
         table = Table(show_edge=False, pad_edge=False, show_header=False)
         table.add_column(style="bold")
         table.add_column()
@@ -81,20 +97,22 @@ def _print_rows(rows: list[dict], what: What) -> None:
             table.add_row(r["name"], r["description"])
         out.print(table)
         return
-    criteria = Table(title="criteria: what scores a channel or weight (--method)", title_justify="left", show_edge=False, pad_edge=False)
-    for col in ("name", "granularity", "data", "hyper-parameters", "paper"):
-        criteria.add_column(col, style="bold" if col == "name" else None)
-    for r in rows:
-        if r["kind"] == "criterion":
+    if what is What.methods:
+        criteria = Table(title="criteria: what scores a channel or weight (--method)", title_justify="left", show_edge=False, pad_edge=False)
+        for col in ("name", "granularity", "data", "hyper-parameters", "paper"):
+            criteria.add_column(col, style="bold" if col == "name" else None)
+        for r in rows:
             flags = ", ".join(flag_for(h) for h in r["hyperparameters"])
             criteria.add_row(r["name"], ", ".join(r["granularities"]), "yes" if r["needs_data"] else "", flags, r["description"])
+        out.print(criteria)
+        out.print()
+        rows = _algorithm_rows()
     algorithms = Table(title="algorithms: when and how pruning happens", title_justify="left", show_edge=False, pad_edge=False)
     for col in ("name", "criteria it takes", "what"):
         algorithms.add_column(col, style="bold" if col == "name" else None)
+    from prunecli.criteria import list_criteria
+
+    every = len(list_criteria())
     for r in rows:
-        if r["kind"] == "algorithm":
-            every = len(r["criteria"]) == sum(1 for x in rows if x["kind"] == "criterion")
-            algorithms.add_row(r["name"], "any" if every else ", ".join(r["criteria"]), r["description"])
-    out.print(criteria)
-    out.print()
+        algorithms.add_row(r["name"], "any" if len(r["criteria"]) == every else ", ".join(r["criteria"]), r["description"])
     out.print(algorithms)

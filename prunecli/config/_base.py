@@ -53,6 +53,7 @@ class Opt:
     min: Optional[float] = None
     max: Optional[float] = None
     negatable: bool = True  # booleans: --x/--no-x; False: a plain --x switch
+    path: bool = False  # a file or folder (the value is kept as a string)
 
 
 def option(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **opt: Any) -> Any:
@@ -326,6 +327,7 @@ class StageConfig:
             if value is None and not s.optional:
                 continue
             out[s.name] = s.coerce(value)
+            s.check_bounds(out[s.name])
         return out
 
     @classmethod

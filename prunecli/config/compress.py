@@ -22,5 +22,5 @@ class CompressConfig(StageConfig):
     repeats: int = option(10, help="Timed batches per model.", panel=PANEL_RUN, min=1)
     json: bool = option(False, help="Print one JSON object on stdout instead of tables.", panel=PANEL_OUT, negatable=False)
     output: Optional[str] = option(
-        None, help="Checkpoint to write (its path is the only thing printed on stdout).", panel=PANEL_OUT, flags=("-o",)
+        None, help="Checkpoint to write (its path is the only thing printed on stdout).", panel=PANEL_OUT, flags=("-o",), path=True
     )

@@ -15,7 +15,7 @@ class EvaluateConfig(StageConfig):
     command = "evaluate"
 
     dataset: Optional[str] = option(None, help="Dataset name (default: each checkpoint's).", panel=PANEL_DATA)
-    data: Optional[str] = option(None, help="Dataset root folder (default: the one each checkpoint records).", panel=PANEL_DATA)
+    data: Optional[str] = option(None, help="Dataset root folder (default: the one each checkpoint records).", panel=PANEL_DATA, path=True)
     download: bool = option(False, help="Download CIFAR/MNIST into --data when online.", panel=PANEL_DATA, negatable=False)
     batch_size: int = option(64, help="Batch size (also of the latency measurement).", panel=PANEL_RUN, flags=("-b",), min=1)
     device: str = option("auto", help="auto, cpu, cuda or cuda:N.", panel=PANEL_RUN)

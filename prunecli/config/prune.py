@@ -32,6 +32,13 @@ class Protect(str, enum.Enum):
     head = "head"
 
 
+def check_target_macs(target: float, granularity: str) -> None:
+    if not (0.0 < target < 1.0):
+        raise OptionError(f"{{target_macs}} {target}: the fraction of MACs to remove must be in (0, 1)")
+    if granularity != Granularity.channel.value:
+        raise OptionError("{target_macs} needs {granularity} channel: removing single weights does not reduce MACs")
+
+
 def check_rate(rate: float, key: str, what: str = "") -> None:
     if math.isnan(rate) or not (0.0 <= rate < 1.0):
         raise OptionError(f"{{{key}}} {what}{rate}: a rate is the fraction removed and must be in [0, 1)")
@@ -101,7 +108,7 @@ class PruneConfig(StageConfig):
     target_macs: Optional[float] = option(
         None, help="Remove this fraction of the MACs (searches the rate on the real count).", panel=PANEL_WHAT
     )
-    mix_norm: float = option(0.0, help="FPGM-mix (geomedian): share of the rate chosen by L2 norm.", panel=PANEL_WHAT)
+    mix_norm: float = option(0.0, help="FPGM-mix (geomedian): share of the rate chosen by L2 norm.", panel=PANEL_WHAT, min=0.0, max=1.0)
     compress: bool = option(
         False,
         help="Remove the channels now and write a compressed checkpoint (needed where LayerNorm/GroupNorm normalise over pruned channels).",
@@ -122,16 +129,17 @@ class PruneConfig(StageConfig):
     round_to: int = option(1, help="Keep channel counts multiples of N.", panel=PANEL_WHERE, min=1)
     max_layer_rate: Optional[float] = option(None, help="Cap on any one layer's rate.", panel=PANEL_WHERE)
     dataset: Optional[str] = option(None, help="Dataset for calibration (default: the checkpoint's).", panel=PANEL_DATA)
-    data: Optional[str] = option(None, help="Dataset root folder (default: the one the checkpoint records).", panel=PANEL_DATA)
+    data: Optional[str] = option(None, help="Dataset root folder (default: the one the checkpoint records).", panel=PANEL_DATA, path=True)
     # 8 batches of 64: enough for stable Taylor / Fisher rankings on CIFAR-sized nets
     calib_batches: int = option(8, help="Calibration batches for data-driven criteria (taylor, hessian).", panel=PANEL_DATA, min=1)
     batch_size: int = option(64, help="Calibration batch size.", panel=PANEL_RUN, flags=("-b",), min=1)
     workers: int = option(4, help="DataLoader workers for image-folder datasets.", panel=PANEL_RUN, min=0)
     seed: int = option(0, help="Seed of the calibration batches and of the random criterion.", panel=PANEL_RUN)
-    # scoring and calibration run where the model is: a GPU when there is one
-    device: str = option("auto", help="auto, cpu, cuda or cuda:N: where the model is scored and calibrated.", panel=PANEL_RUN)
+    # the CPU, as before --device existed: gradients on a GPU (TF32, non-deterministic
+    # kernels) would change taylor's and hessian's choices from one machine to the next
+    device: str = option("cpu", help="auto, cpu, cuda or cuda:N: where the model is scored and calibrated.", panel=PANEL_RUN)
     output: Optional[str] = option(
-        None, help="Checkpoint to write (its path is the only thing printed on stdout).", panel=PANEL_OUT, flags=("-o",)
+        None, help="Checkpoint to write (its path is the only thing printed on stdout).", panel=PANEL_OUT, flags=("-o",), path=True
     )
 
     def validate(self) -> None:
@@ -142,14 +150,9 @@ class PruneConfig(StageConfig):
         if self.target_macs is not None:
             if self.rate is not None:
                 raise OptionError("{target_macs} searches for the rate: do not also give {rate}", usage=True)
-            if not (0.0 < self.target_macs < 1.0):
-                raise OptionError(f"{{target_macs}} {self.target_macs}: the fraction of MACs to remove must be in (0, 1)")
-            if self.granularity is Granularity.weight:
-                raise OptionError("{target_macs} needs {granularity} channel: removing single weights does not reduce MACs")
+            check_target_macs(self.target_macs, self.granularity.value)
         if self.compress and self.granularity is not Granularity.channel:
             raise OptionError("{compress} removes channels: it needs {granularity} channel", usage=True)
-        if not (0.0 <= self.mix_norm <= 1.0):
-            raise OptionError(f"{{mix_norm}} {self.mix_norm}: must be in [0, 1]")
         if self.mix_norm and self.scope is Scope.global_:
             raise OptionError("{mix_norm} selects within each layer: use {scope} layerwise", usage=True)
 

@@ -65,10 +65,10 @@ class TrainingOptions(StageConfig):
     seed: int = option(0, help="Seed of every random choice; on CPU a run is reproducible.", panel=PANEL_RUN)
     eval_every: int = option(1, help="Epochs between test evaluations (the last epoch is always evaluated).", panel=PANEL_RUN, min=1)
     resume: Optional[str] = option(
-        None, help="Continue an interrupted run from this checkpoint (its options; flags given override).", panel=PANEL_RUN
+        None, help="Continue an interrupted run from this checkpoint (its options; flags given override).", panel=PANEL_RUN, path=True
     )
     output: Optional[str] = option(
-        None, help="Checkpoint to write (its path is the only thing printed on stdout).", panel=PANEL_OUT, flags=("-o",)
+        None, help="Checkpoint to write (its path is the only thing printed on stdout).", panel=PANEL_OUT, flags=("-o",), path=True
     )
 
     def resolved_milestones(self) -> list[int]:
@@ -87,7 +87,7 @@ class TrainConfig(TrainingOptions):
     )
     dataset: str = option("digits", help="Dataset name (prunecli list datasets).", panel=PANEL_DATA)  # the embedded offline default
     data: Optional[str] = option(
-        None, help="Dataset root folder (CIFAR/MNIST in torchvision's layout; train/ and val/ for image folders).", panel=PANEL_DATA
+        None, help="Dataset root folder (CIFAR/MNIST in torchvision's layout; train/ and val/ for image folders).", panel=PANEL_DATA, path=True
     )
     download: bool = option(False, help="Download CIFAR/MNIST into --data when online.", panel=PANEL_DATA, negatable=False)
     image_size: Optional[int] = option(None, help="Resize images to this size (default: the dataset's).", panel=PANEL_DATA, min=1)
@@ -103,7 +103,7 @@ class FinetuneConfig(TrainingOptions):
     # a pruned network recovers in fewer epochs than it took to train (Li et al.: 40 of 160)
     epochs: int = option(20, help="Epochs to train (0 writes the model as initialised).", panel=PANEL_OPT, min=0)
     dataset: Optional[str] = option(None, help="Dataset name (default: the checkpoint's).", panel=PANEL_DATA)
-    data: Optional[str] = option(None, help="Dataset root folder (default: the one the checkpoint records).", panel=PANEL_DATA)
+    data: Optional[str] = option(None, help="Dataset root folder (default: the one the checkpoint records).", panel=PANEL_DATA, path=True)
     download: bool = option(False, help="Download CIFAR/MNIST into --data when online.", panel=PANEL_DATA, negatable=False)
 
 

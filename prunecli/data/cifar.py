@@ -166,8 +166,8 @@ def _read_batch(v: _Variant, path: Path) -> tuple[np.ndarray, np.ndarray]:
         )
     try:
         labels = np.asarray(batch[v.label_key], dtype=np.int64)
-    except (TypeError, ValueError, OverflowError):
-        raise PruneCliError(f"{path} is not a {v.name} batch: {v.label_key!r} is not a list of integers") from None
+    except (TypeError, ValueError, OverflowError) as e:
+        raise PruneCliError(f"{path} is not a {v.name} batch: {v.label_key!r} is not a list of integers") from e
     if labels.shape != (data.shape[0],):
         raise PruneCliError(
             f"{path} is not a {v.name} batch: {data.shape[0]} images but {v.label_key!r} has shape {labels.shape}"

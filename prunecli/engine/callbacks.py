@@ -34,7 +34,7 @@ class EnforceMasks(Callback):
     @torch.no_grad()
     def _enforce(self, state: FitState) -> None:
         self._bind(state)
-        for t, m in self._pairs:
+        for t, m in self._pairs:  # nothing to do while there are no masks
             t.mul_(m)
 
     def on_fit_start(self, state: FitState) -> None:

@@ -164,8 +164,8 @@ class Trainer:
     ) -> FitState:
         """Train ``model`` in place; returns the final state.
 
-        ``masks`` are enforced after every step (an `EnforceMasks` callback is added unless
-        one is given). ``save(state)`` runs on rank 0 after every epoch (and once when
+        ``masks`` (and any a callback sets later) are enforced after every step: an
+        `EnforceMasks` callback is added unless one is given. ``save(state)`` runs on rank 0 after every epoch (and once when
         there is nothing to train). ``resume`` is a `FitState.resume_state` from a saved
         run; the model must already hold that run's weights.
         """
@@ -178,7 +178,7 @@ class Trainer:
         channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
 
         callbacks = list(callbacks)
-        if masks and not any(isinstance(cb, EnforceMasks) for cb in callbacks):
+        if not any(isinstance(cb, EnforceMasks) for cb in callbacks):
             callbacks.insert(0, EnforceMasks())
         keys = [cb.state_key() for cb in callbacks]
         if len(set(keys)) != len(keys):

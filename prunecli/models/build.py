@@ -76,7 +76,9 @@ def rebuild(
             warn(f"{spec.name} changed since {where} was written")
     try:
         # every value is about to be overwritten by the state dict: skip the random init
-        with _initialisation_skipped() if state_dict is not None else contextlib.nullcontext():
+        # (not for user code, whose constructor might compute something from it)
+        skip = state_dict is not None and not is_user_model(spec.name)
+        with _initialisation_skipped() if skip else contextlib.nullcontext():
             model = build_model(spec)
     except PruneCliError as e:
         raise CheckpointError(f"{where}: cannot rebuild its model: {e}") from e
@@ -101,18 +103,27 @@ _INIT_FUNCTIONS = (
 )
 
 
+def _untouched(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    return tensor
+
+
 @contextlib.contextmanager
 def _initialisation_skipped():
-    """``torch.nn.init`` functions do nothing inside: layers keep their allocated memory.
+    """``torch.nn.init`` functions leave tensors as allocated inside.
 
-    Only for models whose every parameter and buffer a strict state-dict load then
-    overwrites (`load_state_strict` refuses a state dict that misses one). Random init of
-    ResNet-50 costs about 0.15 s on this project's CPU, a tenth of a compress.
+    Only for prunecli's and torchvision's models, whose every parameter and persistent
+    buffer a strict state-dict load then overwrites (`load_state_strict` refuses a state
+    dict that misses one). Until then the values are whatever the allocator returned;
+    the one forward pass that sees them, a structure replay's trace, reads only shapes.
+    Random init of ResNet-50 costs about 0.15 s on this project's CPU (filling zeros
+    instead costs as much: it is the first touch of the memory that is slow). The CLI
+    builds one model at a time; a library caller building models in other threads
+    meanwhile would get uninitialised weights too.
     """
     saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS if hasattr(nn.init, name)}
     try:
         for name in saved:
-            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+            setattr(nn.init, name, _untouched)
         yield
     finally:
         for name, fn in saved.items():

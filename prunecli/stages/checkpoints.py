@@ -12,11 +12,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from prunecli.checkpoint import Checkpoint, atomic_write, load_checkpoint
+from prunecli.checkpoint import Checkpoint, atomic_write, derive, load_checkpoint
 from prunecli.data import DataBundle, get_dataset
 from prunecli.errors import OptionError, PruneCliError
 from prunecli.models import ModelSpec, rebuild
-from prunecli.surgery.masks import apply_masks
+from prunecli.surgery.masks import apply_masks, carry
 
 
 def rebuild_model(ckpt: Checkpoint) -> nn.Module:
@@ -41,6 +41,29 @@ def load_model(path: Path, *, device: Optional[torch.device] = None) -> tuple[Ch
     return ckpt, model
 
 
+def derive_compressed(
+    parent: Checkpoint, stage: str, options: dict, model: nn.Module, history: list, kept: dict, *, metrics: dict, extra: dict
+) -> Checkpoint:
+    """The checkpoint of ``model``, which a removal (``history``, ``kept``) made from ``parent``'s.
+
+    The structure grows by the removal's history, so the file rebuilds the smaller model;
+    the parent's masks (weight-level ones, which keep shapes) are re-indexed into the
+    smaller tensors and applied.
+    """
+    masks = carry(parent.masks, kept)
+    apply_masks(model, masks)
+    return derive(
+        parent,
+        stage,
+        options,
+        state_dict=model.state_dict(),
+        structure=list(parent.structure or []) + history,
+        masks=masks,
+        metrics=metrics,
+        extra=extra,
+    )
+
+
 def check_data_fits_model(bundle: DataBundle, spec: ModelSpec, where: str) -> None:
     """The dataset's input shape and classes must be what the model was built for."""
     d = bundle.spec
@@ -52,7 +75,9 @@ def check_data_fits_model(bundle: DataBundle, spec: ModelSpec, where: str) -> No
         )
 
 
-def data_for_checkpoint(ckpt: Checkpoint, *, dataset: Optional[str], data: Optional[str], download: bool = False) -> DataBundle:
+def data_for_checkpoint(
+    ckpt: Checkpoint, *, dataset: Optional[str], data: Optional[str], download: bool = False, seed: int = 0
+) -> DataBundle:
     """The checkpoint's own dataset (or ``dataset``), read from ``data`` or the recorded root."""
     spec = ckpt.dataset
     name = dataset or (spec.name if spec else None)
@@ -67,6 +92,7 @@ def data_for_checkpoint(ckpt: Checkpoint, *, dataset: Optional[str], data: Optio
         download=download,
         image_size=ckpt.model.image_size,
         num_classes=opts.get("num_classes") if opts else (ckpt.model.num_classes if name == "synthetic" else None),
+        seed=seed,
     )
     check_data_fits_model(bundle, ckpt.model, str(ckpt.path))
     return bundle

@@ -16,16 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from prunecli.checkpoint import derive, save_checkpoint
+from prunecli.checkpoint import save_checkpoint
 from prunecli.config import CompressConfig
 from prunecli.engine.distributed import resolve_device
 from prunecli.errors import PruneCliError
 from prunecli.metrics.complexity import count_complexity
 from prunecli.metrics.latency import measure_latencies
 from prunecli.models import example_input
-from prunecli.stages.checkpoints import load_model
+from prunecli.stages.checkpoints import derive_compressed, load_model
 from prunecli.surgery.equivalence import difference, first_differing_unit, outputs, probe_batch
-from prunecli.surgery.masks import carry
 from prunecli.surgery.pruner import Pruner
 
 
@@ -81,7 +80,6 @@ def compress_checkpoint(source: Path, cfg: Optional[CompressConfig] = None, *, o
         hint = "" if ckpt.masks else f" (prune first, e.g. prunecli prune {source} --method l1 --rate 0.5)"
         notes.append(f"no channel is entirely zero: nothing removed{hint}")
     removal = pruner.remove(plan)
-    masks = carry(ckpt.masks, removal.kept)
     diff, same = difference(expected, outputs(model, probe))
     if not same:
         culprit = first_differing_unit(reference, plan, example, probe, name=spec.name)
@@ -100,18 +98,9 @@ def compress_checkpoint(source: Path, cfg: Optional[CompressConfig] = None, *, o
     extra["compress"] = {"removed": [list(r) for r in removed]}
     metrics = dict(ckpt.metrics)
     metrics.update(macs=after.macs, params=after.params, macs_before_compress=before.macs, max_abs_diff=diff)
-    out = derive(
-        ckpt,
-        "compress",
-        cfg.to_options(),
-        state_dict=model.state_dict(),
-        structure=list(ckpt.structure or []) + removal.history,
-        masks=masks,
-        metrics=metrics,
-        extra=extra,
-    )
+    out = derive_compressed(ckpt, "compress", cfg.to_options(), model, removal.history, removal.kept, metrics=metrics, extra=extra)
     save_checkpoint(out, output)
-    left = sum(int((~m).sum()) for m in masks.values())
+    left = sum(int((~m).sum()) for m in out.masks.values())
     if left:
         notes.append(f"{left:,} masked weights stay as zeros inside the smaller layers (weight-level sparsity gives no speed-up here)")
     return CompressReport(

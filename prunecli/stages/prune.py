@@ -17,16 +17,16 @@ import torch
 from prunecli.algorithms import get_algorithm
 from prunecli.checkpoint import Checkpoint, derive, save_checkpoint
 from prunecli.config import PruneConfig
-from prunecli.criteria import Criterion, get_criterion, hyperparameters
+from prunecli.criteria import Criterion, criterion_class, get_criterion, hyperparameters
 from prunecli.data import TensorSplit
 from prunecli.data.loaders import FolderBatches, TensorBatches
 from prunecli.engine.distributed import resolve_device
 from prunecli.errors import OptionError, PruneCliError
 from prunecli.metrics.complexity import Complexity, count_complexity
 from prunecli.models import example_input
-from prunecli.stages.checkpoints import data_for_checkpoint, load_model
+from prunecli.stages.checkpoints import data_for_checkpoint, derive_compressed, load_model
 from prunecli.surgery.equivalence import difference, outputs, probe_batch
-from prunecli.surgery.masks import apply_masks, carry, combine, newly_masked
+from prunecli.surgery.masks import combine, newly_masked
 from prunecli.surgery.plan import LayerRow, Plan
 from prunecli.surgery.pruner import Pruner
 
@@ -51,16 +51,9 @@ class PruneReport:
 def criterion_for(cfg: PruneConfig) -> Criterion:
     """``cfg.method`` with the hyper-parameters it takes (``mix_norm`` only when set)."""
     hparams: dict[str, Any] = {"mix_norm": cfg.mix_norm} if cfg.mix_norm else {}
-    from prunecli.criteria import criterion_class
-
     if "seed" in hyperparameters(criterion_class(cfg.method)):
         hparams["seed"] = cfg.seed
-    criterion = get_criterion(cfg.method, **hparams)
-    if cfg.granularity.value not in criterion.granularities:
-        raise OptionError(
-            f"criterion {cfg.method!r} prunes at {{granularity}} {', '.join(criterion.granularities)}, not {cfg.granularity.value!r}"
-        )
-    return criterion
+    return get_criterion(cfg.method, **hparams)
 
 
 class CalibrationBatches:
@@ -76,7 +69,7 @@ class CalibrationBatches:
 def calibration_batches(ckpt: Checkpoint, cfg: PruneConfig, device: torch.device) -> CalibrationBatches:
     if ckpt.dataset is None and cfg.dataset is None:
         raise OptionError(f"criterion {cfg.method!r} needs calibration data: {ckpt.path} records no dataset; pass {{dataset}} (and {{data}})")
-    bundle = data_for_checkpoint(ckpt, dataset=cfg.dataset, data=cfg.data)
+    bundle = data_for_checkpoint(ckpt, dataset=cfg.dataset, data=cfg.data, seed=cfg.seed)
     if isinstance(bundle.train, TensorSplit):
         source = TensorBatches(bundle.train, batch_size=cfg.batch_size, device=device, mean=bundle.spec.mean, std=bundle.spec.std, shuffle=True, seed=cfg.seed)
     else:
@@ -160,20 +153,8 @@ def _compressed(ckpt: Checkpoint, pruner: Pruner, plan: Plan, options, extra, be
         diff, same = difference(outputs(pruner.model, probe), outputs(small, probe))
         if not same:
             raise PruneCliError(f"the compressed model differs from the masked one (max |diff| {diff:.3g}); nothing written")
-    carried = carry(ckpt.masks, kept)  # masks of an earlier weight-level prune stay, re-indexed
-    apply_masks(small, carried)
     after = count_complexity(small, shape)
     metrics = {"macs": after.macs, "params": after.params, "macs_before_compress": before.macs}
     if diff is not None:
         metrics["max_abs_diff"] = diff
-    out = derive(
-        ckpt,
-        "prune",
-        options,
-        state_dict=small.state_dict(),
-        structure=list(ckpt.structure or []) + history,
-        masks=carried,
-        metrics=metrics,
-        extra=extra,
-    )
-    return out, after, diff, newly
+    return derive_compressed(ckpt, "prune", options, small, history, kept, metrics=metrics, extra=extra), after, diff, newly

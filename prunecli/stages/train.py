@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 
 from prunecli._console import log
-from prunecli.checkpoint import Checkpoint, derive, lineage_entry, load_checkpoint, save_checkpoint
+from prunecli.checkpoint import Checkpoint, derive, load_checkpoint, resumed, save_checkpoint
 from prunecli.config import FinetuneConfig, TrainConfig, option_specs
 from prunecli.data import DataBundle, get_dataset
 from prunecli.engine.callbacks import BestCheckpoint, InterruptAfterEpoch, MetricsLog
@@ -60,7 +60,7 @@ def finetune(source: Path, cfg: FinetuneConfig, *, output: Path) -> Path:
     try:
         parent = load_checkpoint(source)
         model = rebuild_model(parent)
-        bundle = data_for_checkpoint(parent, dataset=cfg.dataset, data=cfg.data, download=cfg.download)
+        bundle = data_for_checkpoint(parent, dataset=cfg.dataset, data=cfg.data, download=cfg.download, seed=cfg.seed)
         template = derive(parent, "finetune", cfg.to_options(), dataset=bundle.spec, state_dict={})
         return _fit("finetune", cfg, model, template, bundle, Path(output), dist=dist, device=device)
     finally:
@@ -86,16 +86,13 @@ def resume(path: Path, overrides: Mapping[str, Any], *, output: Optional[Path] =
     try:
         model = rebuild_model(ckpt)
         if stage == "train":
-            bundle = get_dataset(cfg.dataset, root=cfg.data, download=cfg.download, image_size=cfg.image_size, num_classes=cfg.num_classes)
+            bundle = get_dataset(
+                cfg.dataset, root=cfg.data, download=cfg.download, image_size=cfg.image_size, num_classes=cfg.num_classes, seed=cfg.seed
+            )
             check_data_fits_model(bundle, ckpt.model, str(path))
         else:
-            bundle = data_for_checkpoint(ckpt, dataset=cfg.dataset, data=cfg.data, download=cfg.download)
-        lineage = [dict(e) for e in ckpt.lineage]
-        if lineage:
-            lineage[-1].setdefault("resumed", []).append(
-                {"at_epoch": state["epoch"], "time": lineage_entry("resume", {})["time"], "overrides": dict(overrides)}
-            )
-        template = replace(ckpt, state_dict={}, lineage=lineage, resume=None, path=None)
+            bundle = data_for_checkpoint(ckpt, dataset=cfg.dataset, data=cfg.data, download=cfg.download, seed=cfg.seed)
+        template = resumed(ckpt, overrides)
         given = {config_cls.spec(k): v for k, v in overrides.items()}
         options = {**dict(state.get("options") or {}), **{s.key: s.command_line_form(s.coerce(v)) for s, v in given.items()}}
         return _fit(stage, cfg, model, template, bundle, Path(output or path), dist=dist, device=device, options=options, resume_state=state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Optional
 
@@ -22,12 +23,28 @@ def probe_batch(spec, n: int = PROBE_BATCH, device: Optional[torch.device] = Non
     return x if device is None else x.to(device)
 
 
+@contextlib.contextmanager
+def _full_precision(device: torch.device):
+    """TF32 off on CUDA: its 10-bit mantissa alone would exceed REL_TOLERANCE."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 @torch.no_grad()
 def outputs(model: torch.nn.Module, probe: torch.Tensor) -> torch.Tensor:
+    """The model's eval-mode outputs on ``probe`` (in full precision on CUDA)."""
     was = model.training
     model.eval()
     try:
-        return model(probe)
+        with _full_precision(probe.device):
+            return model(probe)
     finally:
         model.train(was)
 

@@ -26,7 +26,7 @@ from typing import Iterable, Optional, Protocol
 import torch
 import torch.nn as nn
 
-from prunecli.config.prune import Selection
+from prunecli.config.prune import Selection, check_target_macs
 from prunecli.errors import OptionError, PruneCliError
 from prunecli.metrics.complexity import count_complexity
 from prunecli.models.layers import prunable_layers
@@ -114,7 +114,7 @@ class Pruner:
         self.granularity = granularity
         self.calibration = calibration
         self.name = name
-        self.example = example_input.to(self.device)
+        self._example = example_input
         self._graph: Optional[Graph] = None
         self._units: Optional[list[Unit]] = None
         self._scores: Optional[dict[int, torch.Tensor]] = None
@@ -126,6 +126,13 @@ class Pruner:
     @property
     def device(self) -> torch.device:
         return next((p.device for p in self.model.parameters()), torch.device("cpu"))
+
+    @property
+    def example(self) -> torch.Tensor:
+        """The example input, on the model's device (wherever the model has moved since)."""
+        if self._example.device != self.device:
+            self._example = self._example.to(self.device)
+        return self._example
 
     @property
     def graph(self) -> Graph:
@@ -240,10 +247,7 @@ class Pruner:
         Bisection on the base rate; each candidate is removed from a copy and counted with
         ptflops, so the answer holds for the compressed model, not for an estimate.
         """
-        if not (0.0 < target < 1.0):
-            raise OptionError(f"{{target_macs}} {target}: the fraction of MACs to remove must be in (0, 1)")
-        if self.granularity != "channel":
-            raise OptionError("{target_macs} needs {granularity} channel: removing single weights does not reduce MACs")
+        check_target_macs(target, self.granularity)
         shape = tuple(self.example.shape[1:])
         base = count_complexity(self.model, shape).macs
 
