@@ -1,5 +1,6 @@
-"""The callbacks every training stage uses: mask enforcement, the best checkpoint, the
-metrics log, and the interrupt hook the resume tests rely on. See trainer.py for events."""
+"""The callbacks every training stage uses: the best checkpoint, the metrics log, and the
+interrupt hook the resume tests rely on. See trainer.py for the events; mask enforcement,
+which every fit has, is defined there (`EnforceMasks`, re-exported here)."""
 
 from __future__ import annotations
 
@@ -8,44 +9,10 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import torch
 
-from prunecli.engine.trainer import Callback, FitState
-from prunecli.surgery.masks import bind_masks
+from prunecli.engine.trainer import Callback, EnforceMasks, FitState
 
-
-class EnforceMasks(Callback):
-    """Pruned entries stay exactly zero: ``state.masks`` re-applied after every optimizer step.
-
-    Weight decay and momentum would otherwise revive them. Follows ``state.set_masks``.
-    """
-
-    key = "enforce_masks"
-
-    def __init__(self) -> None:
-        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._version: Optional[int] = None
-
-    def _bind(self, state: FitState) -> None:
-        if self._version != state.masks_version:
-            self._pairs = bind_masks(state.model, state.masks)
-            self._version = state.masks_version
-
-    @torch.no_grad()
-    def _enforce(self, state: FitState) -> None:
-        self._bind(state)
-        for t, m in self._pairs:  # nothing to do while there are no masks
-            t.mul_(m)
-
-    def on_fit_start(self, state: FitState) -> None:
-        self._enforce(state)
-
-    def after_step(self, state: FitState) -> None:
-        self._enforce(state)
-
-    def before_save(self, state: FitState) -> None:
-        if self._version != state.masks_version:  # masks changed since the last step: the checkpoint must match them
-            self._enforce(state)
+__all__ = ["BestCheckpoint", "EnforceMasks", "InterruptAfterEpoch", "MetricsLog"]
 
 
 class BestCheckpoint(Callback):

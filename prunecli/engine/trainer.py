@@ -41,6 +41,7 @@ from prunecli.engine.loop import EpochStats, EvalResult, evaluate, train_one_epo
 from prunecli.engine.optim import build_optimizer, build_scheduler
 from prunecli.engine.progress import epoch_bar
 from prunecli.errors import PruneCliError
+from prunecli.surgery.masks import bind_masks
 
 
 class TrainingInterrupted(PruneCliError):
@@ -86,6 +87,41 @@ class Callback:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+class EnforceMasks(Callback):
+    """Pruned entries stay exactly zero: ``state.masks`` re-applied after every optimizer step.
+
+    Weight decay and momentum would otherwise revive them. Follows ``state.set_masks``; every
+    fit has one (added first unless given), as the trainer owns the masks.
+    """
+
+    key = "enforce_masks"
+
+    def __init__(self) -> None:
+        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._version: Optional[int] = None
+
+    def _bind(self, state: FitState) -> None:
+        if self._version != state.masks_version:
+            self._pairs = bind_masks(state.model, state.masks)
+            self._version = state.masks_version
+
+    @torch.no_grad()
+    def _enforce(self, state: FitState) -> None:
+        self._bind(state)
+        for t, m in self._pairs:  # nothing to do while there are no masks
+            t.mul_(m)
+
+    def on_fit_start(self, state: FitState) -> None:
+        self._enforce(state)
+
+    def after_step(self, state: FitState) -> None:
+        self._enforce(state)
+
+    def before_save(self, state: FitState) -> None:
+        if self._version != state.masks_version:  # masks changed since the last step: the checkpoint must match them
+            self._enforce(state)
 
 
 @dataclass(eq=False)
@@ -169,8 +205,6 @@ class Trainer:
         there is nothing to train). ``resume`` is a `FitState.resume_state` from a saved
         run; the model must already hold that run's weights.
         """
-        from prunecli.engine.callbacks import EnforceMasks
-
         cfg, device, dist = self.cfg, self.device, self.dist
         world = dist.world_size
         check_global_batch(cfg, world)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Mapping, Optional
 import torch
 from torch import nn
 
+from prunecli._console import warn
 from prunecli._registry import Registry
 from prunecli.errors import CheckpointError, PruneCliError
 from prunecli.models._registry import ModelSpec, get_model, is_user_model, user_code_sha256
@@ -71,8 +72,6 @@ def rebuild(
                 f"importing it runs that code: set {TRUST_CODE_ENV}=1 if you trust it"
             )
         if code_sha256 and user_code_sha256(spec.name) not in (None, code_sha256):
-            from prunecli._console import warn
-
             warn(f"{spec.name} changed since {where} was written")
     try:
         # every value is about to be overwritten by the state dict: skip the random init

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from prunecli.checkpoint import Checkpoint, atomic_write, derive, load_checkpoint
+from prunecli.checkpoint import Checkpoint, atomic_write, derive, load_checkpoint, to_plain
 from prunecli.data import DataBundle, get_dataset
 from prunecli.errors import OptionError, PruneCliError
 from prunecli.models import ModelSpec, rebuild
@@ -111,8 +111,6 @@ def side_paths(output: Path) -> dict[str, Path]:
 def write_config(path: Path, command: str, options: dict) -> None:
     """The resolved options next to an output, as a file ``--config`` reads back."""
     import yaml
-
-    from prunecli.checkpoint import to_plain
 
     body = yaml.safe_dump(to_plain(options), sort_keys=False)
     text = f"# resolved options of `prunecli {command}`; reuse with --config\n{body}"
