@@ -32,9 +32,7 @@ from __future__ import annotations
 import datetime as _dt
 import enum
 import hashlib
-import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -48,6 +46,7 @@ from prunecli import __version__
 from prunecli.data._registry import DatasetSpec
 from prunecli.errors import CheckpointError
 from prunecli.models._registry import ModelSpec
+from prunecli.outputs import atomic_write
 
 FORMAT_NAME = "prunecli"
 FORMAT_VERSION = 2
@@ -113,26 +112,6 @@ def to_plain(obj: Any) -> Any:
     if hasattr(obj, "item") and callable(obj.item):  # numpy scalar
         return obj.item()
     raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint: {obj!r}")
-
-
-def atomic_write(path: Path, write) -> Path:
-    """Call ``write(fileobj)`` on a temporary file next to ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | Path) -> Path:

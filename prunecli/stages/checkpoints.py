@@ -12,10 +12,11 @@ from typing import Optional
 import torch
 from torch import nn
 
-from prunecli.checkpoint import Checkpoint, atomic_write, derive, load_checkpoint, to_plain
+from prunecli.checkpoint import Checkpoint, derive, load_checkpoint, to_plain
 from prunecli.data import DataBundle, get_dataset
 from prunecli.errors import OptionError, PruneCliError
 from prunecli.models import ModelSpec, rebuild
+from prunecli.outputs import atomic_write
 from prunecli.surgery.masks import apply_masks, carry
 
 
