@@ -16,7 +16,12 @@ from typing import Callable
 
 
 class PruneCliError(Exception):
-    """A user mistake or bad input: printed as one line, exit code 1."""
+    """A user mistake or bad input: printed as one line, exit code 1.
+
+    Exit codes: 0 success; 1 an input file, the data or the run failed (a damaged
+    checkpoint, a full disk, a diverged training run); 2 the command line or a config file
+    is wrong (unknown option, value out of range, conflicting options); 130 interrupted.
+    """
 
     exit_code = 1
 
@@ -31,20 +36,25 @@ class CheckpointError(PruneCliError):
     """A file that is not a loadable prunecli checkpoint, or does not fit the model."""
 
 
+class OutputError(PruneCliError):
+    """An output that cannot be written: disk full, read-only, locked by another run."""
+
+
 _KEY = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 
 
 class OptionError(PruneCliError):
-    """A bad option value. ``message`` names config keys as ``{key}`` placeholders.
+    """A bad, missing or conflicting option value: exit code 2, like every usage error.
 
-    ``str(error)`` shows the keys as they are (``rate 1.5: ...``); `render` lets the CLI
-    show them as flags (``--rate 1.5: ...``). ``usage=True`` marks a malformed request
-    (conflicting or missing options: exit code 2) rather than a bad value (exit code 1).
+    ``message`` names config keys as ``{key}`` placeholders. ``str(error)`` shows the keys
+    as they are (``rate 1.5: ...``); `render` lets the CLI show them as flags
+    (``--rate 1.5: ...``).
     """
 
-    def __init__(self, message: str, *, usage: bool = False):
+    exit_code = UsageError.exit_code
+
+    def __init__(self, message: str):
         self.template = message
-        self.exit_code = UsageError.exit_code if usage else PruneCliError.exit_code
         super().__init__(self.render())
 
     @property

@@ -79,7 +79,8 @@ def test_layers_point_one_way():
     # the in-memory core never reaches up into the stages or the command line
     for low in ("config", "models", "surgery", "criteria", "algorithms", "engine", "metrics", "data", "checkpoint"):
         assert not graph[low] & {"stages", "cli"}, (low, graph[low])
-    assert not graph["config"] - {"errors"}, "configs must stay torch-free and leaf-like"
+    assert not graph["config"] - {"errors", "limits"}, "configs must stay torch-free and leaf-like"
+    assert not graph["limits"], "the bounds on untrusted input are a leaf"
     assert "criteria" not in graph["surgery"] and "engine" not in graph["surgery"]
     assert "surgery" not in graph["models"] and "checkpoint" not in graph["models"]
 

@@ -76,7 +76,7 @@ def test_cuda_requested_without_cuda(cli, tmp_path):
 
     if torch.cuda.is_available():
         return
-    line = one_line_error(cli("train", "--dataset", "synthetic", "--device", "cuda", "--epochs", "0", "-o", tmp_path / "x.pt"))
+    line = one_line_error(cli("train", "--dataset", "synthetic", "--device", "cuda", "--epochs", "0", "-o", tmp_path / "x.pt"), 2)
     assert "CUDA" in line
 
 

@@ -154,7 +154,7 @@ def test_library_errors_name_keys_and_the_command_line_names_flags(cli, tmp_path
     from pruning_helpers import make_checkpoint
 
     src = make_checkpoint(tmp_path / "b.pt", "conv2", image_size=8)
-    line = one_line_error(cli("prune", src, "--rate", "1.5", "-o", tmp_path / "o.pt"))
+    line = one_line_error(cli("prune", src, "--rate", "1.5", "-o", tmp_path / "o.pt"), code=2)
     assert "--rate 1.5" in line
     line = one_line_error(cli("prune", src, "--config", _write(tmp_path / "p.yaml", "rate: [1]\n")), code=2)
     assert "key 'rate'" in line

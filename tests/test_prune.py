@@ -305,18 +305,18 @@ def base(tmp_path):
 @pytest.mark.parametrize(
     "args, code, words",
     [
-        (["--rate", "1.0"], 1, "[0, 1)"),
-        (["--rate", "-0.1"], 1, "[0, 1)"),
-        (["--method", "l3", "--rate", "0.5"], 1, "geomedian"),
-        (["--rate", "0.5", "--skip", "layer9.*"], 1, "matches no prunable layer"),
-        (["--layer-rate", "conv9=0.5"], 1, "matches no prunable layer"),
-        (["--layer-rate", "layer1.0.conv1=0.99"], 1, "would leave no channels"),
-        (["--method", "geomedian", "--granularity", "weight", "--rate", "0.5"], 1, "granularity"),
+        (["--rate", "1.0"], 2, "[0, 1)"),
+        (["--rate", "-0.1"], 2, "[0, 1)"),
+        (["--method", "l3", "--rate", "0.5"], 2, "geomedian"),
+        (["--rate", "0.5", "--skip", "layer9.*"], 2, "matches no prunable layer"),
+        (["--layer-rate", "conv9=0.5"], 2, "matches no prunable layer"),
+        (["--layer-rate", "layer1.0.conv1=0.99"], 2, "would leave no channels"),
+        (["--method", "geomedian", "--granularity", "weight", "--rate", "0.5"], 2, "granularity"),
         (["--rate", "0.5", "--target-macs", "0.5"], 2, "--target-macs"),
         (["--scope", "global", "--layer-rate", "layer1.*=0.5", "--rate", "0.3"], 2, "global"),
         ([], 2, "--rate"),
         (["--layer-rate", "layer1.*"], 2, "PATTERN=RATE"),
-        (["--target-macs", "0.999"], 1, "at most"),
+        (["--target-macs", "0.999"], 2, "at most"),
     ],
 )
 def test_prune_errors_are_one_line_and_write_nothing(cli, tmp_path, base, args, code, words):
@@ -328,7 +328,7 @@ def test_prune_errors_are_one_line_and_write_nothing(cli, tmp_path, base, args, 
 
 def test_data_driven_criterion_without_data(cli, tmp_path):
     src = make_checkpoint(tmp_path / "nodata.pt", "resnet20", image_size=16, dataset=False)
-    line = one_line_error(cli("prune", src, "--method", "taylor", "--rate", "0.3", "-o", tmp_path / "o.pt"))
+    line = one_line_error(cli("prune", src, "--method", "taylor", "--rate", "0.3", "-o", tmp_path / "o.pt"), 2)
     assert "calibration data" in line and "--dataset" in line
     r = cli("prune", src, "--method", "taylor", "--rate", "0.3", "--dataset", "synthetic", "--calib-batches", "1", "-o", tmp_path / "o.pt")
     assert r.code == 0, r.stderr

@@ -65,20 +65,9 @@ def _config_callback(config_cls: type[StageConfig]):
     def callback(ctx: typer.Context, param: typer.CallbackParam, value: Optional[Path]):
         if value is None:
             return None
-        import yaml
+        from prunecli.config.yaml_file import read_yaml_mapping
 
-        if not value.is_file():
-            raise UsageError(f"--config {value}: no such file")
-        try:
-            data = yaml.safe_load(value.read_text())
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" (line {mark.line + 1})" if mark is not None else ""
-            raise UsageError(f"--config {value}: not valid YAML{where}: {getattr(e, 'problem', e)}") from e
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise UsageError(f"--config {value}: expected a mapping of option names to values, got {type(data).__name__}")
+        data = read_yaml_mapping(value, f"--config {value}")
         try:
             ctx.meta[_FILE_VALUES] = config_cls.check_options(data)
         except OptionError as e:

@@ -27,11 +27,14 @@ import enum
 import functools
 import json
 import math
+import reprlib
 import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Optional, TypeVar
 
 from prunecli.errors import OptionError
+
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64-bit seeds
 
 PANEL_DATA = "Data"
 PANEL_MODEL = "Model"
@@ -148,7 +151,7 @@ class OptionSpec:
         raise self._bad(value)
 
     def _bad(self, value: Any, expected: Optional[str] = None) -> OptionError:
-        return OptionError(f"{{{self.name}}} expects {expected or self.describe()}, got {value!r}", usage=True)
+        return OptionError(f"{{{self.name}}} expects {expected or self.describe()}, got {short_repr(value)}")
 
     def _numbers(self, value: Any) -> list:
         number = int if self.kind is Kind.INTS else float
@@ -177,7 +180,7 @@ class OptionSpec:
         for item in items:
             key, sep, text = str(item).partition("=")
             if not sep or not key.strip():
-                raise OptionError(f"{{{self.name}}} {item!r}: expected KEY=VALUE", usage=True)
+                raise OptionError(f"{{{self.name}}} {short_repr(item)}: expected KEY=VALUE")
             try:
                 # values read as YAML scalars: numbers, booleans, strings, lists
                 out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
@@ -198,21 +201,33 @@ class OptionSpec:
             else:
                 pattern, sep, rate = str(item).rpartition("=")
                 if not sep or not pattern:
-                    raise OptionError(f"{{{self.name}}} {item!r}: expected PATTERN=RATE, e.g. 'layer1.*.conv1=0.6'", usage=True)
+                    raise OptionError(f"{{{self.name}}} {short_repr(item)}: expected PATTERN=RATE, e.g. 'layer1.*.conv1=0.6'")
             try:
                 rate = float(rate)
             except (TypeError, ValueError):
-                raise OptionError(f"{{{self.name}}} {item!r}: {rate!r} is not a number", usage=True) from None
+                raise OptionError(f"{{{self.name}}} {short_repr(item)}: {short_repr(rate)} is not a number") from None
             out.append((str(pattern), rate))
         return out
 
     def check_bounds(self, value: Any) -> None:
-        if value is None or self.kind not in (Kind.INT, Kind.FLOAT):
+        """Declared bounds, and for every number: finite, and an integer that fits in 64 bits."""
+        if value is None:
             return
+        if self.kind in (Kind.INTS, Kind.FLOATS):
+            for v in value:
+                self._check_number(v, f"{{{self.name}}} {self.command_line_form(value)}: {v!r}")
+        elif self.kind in (Kind.INT, Kind.FLOAT):
+            self._check_number(value, f"{{{self.name}}} {short_repr(value)}")
+
+    def _check_number(self, value: Any, what: str) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise OptionError(f"{what}: must be a finite number")
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise OptionError(f"{what}: out of range (a 64-bit integer)")
         lo, hi = self.opt.min, self.opt.max
-        if (lo is not None and value < lo) or (hi is not None and value > hi) or (isinstance(value, float) and math.isnan(value)):
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
             bounds = " and ".join(b for b in (f">= {lo:g}" if lo is not None else "", f"<= {hi:g}" if hi is not None else "") if b)
-            raise OptionError(f"{{{self.name}}} {value}: must be {bounds}", usage=True)
+            raise OptionError(f"{what}: must be {bounds}")
 
     # -- writing a value
 
@@ -231,6 +246,16 @@ class OptionSpec:
         if self.kind is Kind.PATTERN_RATES:
             return [f"{p}={r!r}" for p, r in value]
         return value
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlong = 40
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut to a line: error messages quote untrusted values."""
+    return _REPR.repr(value)
 
 
 def _yaml_scalar(value: Any) -> str:
@@ -313,7 +338,7 @@ class StageConfig:
             if wanted in (s.key, s.name.replace("_", "-")):
                 return s
         valid = ", ".join(s.key for s in option_specs(cls))
-        raise OptionError(f"unknown key {key!r} for `prunecli {cls.command}`; valid keys: {valid}", usage=True)
+        raise OptionError(f"unknown key {key!r} for `prunecli {cls.command}`; valid keys: {valid}")
 
     @classmethod
     def check_options(cls, values: Mapping[str, Any]) -> dict[str, Any]:

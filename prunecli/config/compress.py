@@ -24,3 +24,9 @@ class CompressConfig(StageConfig):
     output: Optional[str] = option(
         None, help="Checkpoint to write (its path is the only thing printed on stdout).", panel=PANEL_OUT, flags=("-o",), path=True
     )
+    overwrite: bool = option(
+        False, help="Replace an existing file at --output (otherwise refused).", panel=PANEL_OUT, negatable=False
+    )
+    allow_nonfinite: bool = option(
+        False, help="Load a checkpoint whose weights hold NaN or Inf (otherwise refused).", panel=PANEL_RUN, negatable=False
+    )

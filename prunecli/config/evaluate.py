@@ -24,4 +24,7 @@ class EvaluateConfig(StageConfig):
     # 15 interleaved batches: a stable median on a shared CPU within a few seconds
     repeats: int = option(15, help="Timed batches per model for latency.", panel=PANEL_RUN, min=1)
     layers: bool = option(True, help="Show per-layer widths.", panel=PANEL_OUT)
+    allow_nonfinite: bool = option(
+        False, help="Load a checkpoint whose weights hold NaN or Inf (otherwise refused).", panel=PANEL_RUN, negatable=False
+    )
     json: bool = option(False, help="Print one JSON object on stdout instead of tables.", panel=PANEL_OUT, negatable=False)

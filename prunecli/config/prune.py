@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from prunecli.config._base import PANEL_DATA, PANEL_OUT, PANEL_RUN, PANEL_WHAT, PANEL_WHERE, StageConfig, option
+from prunecli.config._base import MAX_SEED, PANEL_DATA, PANEL_OUT, PANEL_RUN, PANEL_WHAT, PANEL_WHERE, StageConfig, option
 from prunecli.errors import OptionError
 
 
@@ -78,7 +78,7 @@ class Selection:
             raise OptionError(f"{{round_to}} {self.round_to}: must be >= 1")
         if self.scope == "global" and (self.layer_rate or self.layer_rates):
             raise OptionError(
-                "{scope} global picks per-layer rates itself: drop {layer_rate}/{layer_rates} (use {skip} or {max_layer_rate})", usage=True
+                "{scope} global picks per-layer rates itself: drop {layer_rate}/{layer_rates} (use {skip} or {max_layer_rate})"
             )
 
 
@@ -134,27 +134,33 @@ class PruneConfig(StageConfig):
     calib_batches: int = option(8, help="Calibration batches for data-driven criteria (taylor, hessian).", panel=PANEL_DATA, min=1)
     batch_size: int = option(64, help="Calibration batch size.", panel=PANEL_RUN, flags=("-b",), min=1)
     workers: int = option(4, help="DataLoader workers for image-folder datasets.", panel=PANEL_RUN, min=0)
-    seed: int = option(0, help="Seed of the calibration batches and of the random criterion.", panel=PANEL_RUN)
+    seed: int = option(0, help="Seed of the calibration batches and of the random criterion.", panel=PANEL_RUN, min=0, max=MAX_SEED)
     # the CPU, as before --device existed: gradients on a GPU (TF32, non-deterministic
     # kernels) would change taylor's and hessian's choices from one machine to the next
     device: str = option("cpu", help="auto, cpu, cuda or cuda:N: where the model is scored and calibrated.", panel=PANEL_RUN)
     output: Optional[str] = option(
         None, help="Checkpoint to write (its path is the only thing printed on stdout).", panel=PANEL_OUT, flags=("-o",), path=True
     )
+    overwrite: bool = option(
+        False, help="Replace an existing file at --output (otherwise refused).", panel=PANEL_OUT, negatable=False
+    )
+    allow_nonfinite: bool = option(
+        False, help="Load a checkpoint whose weights hold NaN or Inf (otherwise refused).", panel=PANEL_RUN, negatable=False
+    )
 
     def validate(self) -> None:
         super().validate()
         self.selection()  # rates, patterns and choices of the selection
         if self.rate is None and self.target_macs is None and not self.layer_rate and not self.layer_rates:
-            raise OptionError("say how much to prune: {rate} R, {target_macs} F, or {layer_rate}/{layer_rates}", usage=True)
+            raise OptionError("say how much to prune: {rate} R, {target_macs} F, or {layer_rate}/{layer_rates}")
         if self.target_macs is not None:
             if self.rate is not None:
-                raise OptionError("{target_macs} searches for the rate: do not also give {rate}", usage=True)
+                raise OptionError("{target_macs} searches for the rate: do not also give {rate}")
             check_target_macs(self.target_macs, self.granularity.value)
         if self.compress and self.granularity is not Granularity.channel:
-            raise OptionError("{compress} removes channels: it needs {granularity} channel", usage=True)
+            raise OptionError("{compress} removes channels: it needs {granularity} channel")
         if self.mix_norm and self.scope is Scope.global_:
-            raise OptionError("{mix_norm} selects within each layer: use {scope} layerwise", usage=True)
+            raise OptionError("{mix_norm} selects within each layer: use {scope} layerwise")
 
     def selection(self) -> Selection:
         return Selection(

@@ -12,8 +12,12 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from prunecli.config._base import PANEL_DATA, PANEL_MODEL, PANEL_OPT, PANEL_OUT, PANEL_RUN, StageConfig, option
+from prunecli.config._base import MAX_SEED, PANEL_DATA, PANEL_MODEL, PANEL_OPT, PANEL_OUT, PANEL_RUN, StageConfig, option
 from prunecli.errors import OptionError
+from prunecli.limits import MAX_CLASSES, MAX_IMAGE_SIZE
+
+
+MAX_EPOCHS = 100_000
 
 
 class Optimizer(str, enum.Enum):
@@ -36,22 +40,24 @@ class TrainingOptions(StageConfig):
     # SGD with momentum 0.9 and weight decay 1e-4, as in the papers' CIFAR recipes, but lr
     # 0.01 rather than their 0.1: the BatchNorm-free conv nets (conv2-8, lenet) diverge at
     # 0.1 from He-normal init. Paper recipes set their own lr.
-    epochs: int = option(15, help="Epochs to train (0 writes the model as initialised).", panel=PANEL_OPT, min=0)
+    # at most 100,000: a bound that catches a typo (--epochs 1e30 from a script) without limiting a real run
+    epochs: int = option(15, help="Epochs to train (0 writes the model as initialised).", panel=PANEL_OPT, min=0, max=MAX_EPOCHS)
     batch_size: int = option(128, help="Batch size (the global batch under torchrun).", panel=PANEL_RUN, flags=("-b",), min=1)
     optimizer: Optimizer = option(Optimizer.sgd, help="Optimizer.", panel=PANEL_OPT)
-    lr: float = option(0.01, help="Base learning rate.", panel=PANEL_OPT, min=0.0)
-    momentum: float = option(0.9, help="SGD momentum.", panel=PANEL_OPT, min=0.0)
+    # upper bounds: past them training only diverges (and past 3.4e38 the optimizer's float32 overflows)
+    lr: float = option(0.01, help="Base learning rate.", panel=PANEL_OPT, min=0.0, max=1000.0)
+    momentum: float = option(0.9, help="SGD momentum.", panel=PANEL_OPT, min=0.0, max=1.0)
     nesterov: bool = option(False, help="Nesterov momentum (SGD).", panel=PANEL_OPT)
-    weight_decay: float = option(1e-4, help="Weight decay.", panel=PANEL_OPT, flags=("--wd",), min=0.0)
+    weight_decay: float = option(1e-4, help="Weight decay.", panel=PANEL_OPT, flags=("--wd",), min=0.0, max=1.0)
     # per-iteration cosine decay to 0 over the run: no milestones to choose for short runs
     schedule: Schedule = option(Schedule.cosine, help="Learning-rate schedule (per iteration).", panel=PANEL_OPT)
-    step_size: int = option(30, help="Epochs between decays (step schedule).", panel=PANEL_OPT, min=1)
+    step_size: int = option(30, help="Epochs between decays (step schedule).", panel=PANEL_OPT, min=1, max=MAX_EPOCHS)
     # empty: 50% and 75% of the run, the papers' 80/120 of 160 epochs
     milestones: list[int] = option(
         default_factory=list, help="Epochs of the multistep decays, e.g. 80,120 (default: 50% and 75% of the run).", panel=PANEL_OPT
     )
-    gamma: float = option(0.1, help="Decay factor (step, multistep).", panel=PANEL_OPT, min=0.0)
-    warmup_epochs: float = option(0.0, help="Linear warm-up length in epochs.", panel=PANEL_OPT, min=0.0)
+    gamma: float = option(0.1, help="Decay factor (step, multistep).", panel=PANEL_OPT, min=0.0, max=1000.0)
+    warmup_epochs: float = option(0.0, help="Linear warm-up length in epochs.", panel=PANEL_OPT, min=0.0, max=MAX_EPOCHS)
     label_smoothing: float = option(0.0, help="Label smoothing.", panel=PANEL_OPT, min=0.0, max=1.0)
     shuffle_labels: bool = option(
         False, help="Train on randomly permuted labels (expressivity test), seeded.", panel=PANEL_OPT, negatable=False
@@ -62,7 +68,8 @@ class TrainingOptions(StageConfig):
     channels_last: Optional[bool] = option(None, help="channels_last memory format (default: on with CUDA).", panel=PANEL_RUN)
     # in-memory datasets need no workers; image folders decode JPEGs in these processes
     workers: int = option(4, help="DataLoader workers for image-folder datasets.", panel=PANEL_RUN, min=0)
-    seed: int = option(0, help="Seed of every random choice; on CPU a run is reproducible.", panel=PANEL_RUN)
+    # torch.manual_seed takes any 64-bit value; the data order derives from it (prunecli.data.loaders)
+    seed: int = option(0, help="Seed of every random choice; on CPU a run is reproducible.", panel=PANEL_RUN, min=0, max=MAX_SEED)
     eval_every: int = option(1, help="Epochs between test evaluations (the last epoch is always evaluated).", panel=PANEL_RUN, min=1)
     resume: Optional[str] = option(
         None, help="Continue an interrupted run from this checkpoint (its options; flags given override).", panel=PANEL_RUN, path=True
@@ -70,6 +77,17 @@ class TrainingOptions(StageConfig):
     output: Optional[str] = option(
         None, help="Checkpoint to write (its path is the only thing printed on stdout).", panel=PANEL_OUT, flags=("-o",), path=True
     )
+    overwrite: bool = option(
+        False, help="Replace an existing file at --output (otherwise refused).", panel=PANEL_OUT, negatable=False
+    )
+    allow_nonfinite: bool = option(
+        False, help="Load a checkpoint whose weights hold NaN or Inf (otherwise refused).", panel=PANEL_RUN, negatable=False
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
+            raise OptionError(f"{{milestones}} {','.join(map(str, self.milestones))}: epochs must be >= 1 and increasing")
 
     def resolved_milestones(self) -> list[int]:
         return list(self.milestones) or [int(self.epochs * 0.5), int(self.epochs * 0.75)]
@@ -90,8 +108,10 @@ class TrainConfig(TrainingOptions):
         None, help="Dataset root folder (CIFAR/MNIST in torchvision's layout; train/ and val/ for image folders).", panel=PANEL_DATA, path=True
     )
     download: bool = option(False, help="Download CIFAR/MNIST into --data when online.", panel=PANEL_DATA, negatable=False)
-    image_size: Optional[int] = option(None, help="Resize images to this size (default: the dataset's).", panel=PANEL_DATA, min=1)
-    num_classes: Optional[int] = option(None, help="Classes of the synthetic dataset.", panel=PANEL_DATA, min=2)
+    image_size: Optional[int] = option(
+        None, help="Resize images to this size (default: the dataset's).", panel=PANEL_DATA, min=1, max=MAX_IMAGE_SIZE
+    )
+    num_classes: Optional[int] = option(None, help="Classes of the synthetic dataset.", panel=PANEL_DATA, min=2, max=MAX_CLASSES)
 
 
 @dataclass(kw_only=True)
@@ -101,7 +121,7 @@ class FinetuneConfig(TrainingOptions):
     command = "finetune"
 
     # a pruned network recovers in fewer epochs than it took to train (Li et al.: 40 of 160)
-    epochs: int = option(20, help="Epochs to train (0 writes the model as initialised).", panel=PANEL_OPT, min=0)
+    epochs: int = option(20, help="Epochs to train (0 writes the model as initialised).", panel=PANEL_OPT, min=0, max=MAX_EPOCHS)
     dataset: Optional[str] = option(None, help="Dataset name (default: the checkpoint's).", panel=PANEL_DATA)
     data: Optional[str] = option(None, help="Dataset root folder (default: the one the checkpoint records).", panel=PANEL_DATA, path=True)
     download: bool = option(False, help="Download CIFAR/MNIST into --data when online.", panel=PANEL_DATA, negatable=False)

@@ -72,8 +72,7 @@ def get_criterion(name: str, **hparams: Any) -> "Criterion":
             takers = [n for n in list_criteria() if key in hyperparameters(_CRITERIA.get(n))]
             raise OptionError(
                 f"criterion {name!r} takes no {{{key}}} (its hyper-parameters: {', '.join('{' + a + '}' for a in accepted) or 'none'}"
-                f"{'; {' + key + '} goes with ' + ', '.join(takers) if takers else ''})",
-                usage=True,
+                f"{'; {' + key + '} goes with ' + ', '.join(takers) if takers else ''})"
             )
     return cls(**hparams)
 

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from prunecli._registry import Registry
 from prunecli.errors import PruneCliError
+from prunecli.limits import MAX_CLASSES, MAX_IMAGE_SIZE, MAX_IN_CHANNELS
 
 _MODELS: Registry[Callable[..., Any]] = Registry("model")
 
@@ -65,15 +66,37 @@ class ModelSpec:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def __post_init__(self) -> None:
+        for key, value, top in (
+            ("in_channels", self.in_channels, MAX_IN_CHANNELS),
+            ("num_classes", self.num_classes, MAX_CLASSES),
+            ("image_size", self.image_size, MAX_IMAGE_SIZE),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+                raise ValueError(f"{key} {value!r} is outside 1..{top:,}")
+        if not isinstance(self.name, str) or not 0 < len(self.name) <= 4096:
+            raise ValueError("the model name is not a string of at most 4,096 characters")
+        for key, value in self.kwargs.items():
+            if not isinstance(key, str) or not key.isidentifier():
+                raise ValueError(f"model argument {str(key)[:40]!r} is not a name")
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
+        if not isinstance(d, dict):
+            raise TypeError("the model spec is not a mapping")
         return cls(
             name=str(d["name"]),
-            in_channels=int(d["in_channels"]),
-            num_classes=int(d["num_classes"]),
-            image_size=int(d["image_size"]),
+            in_channels=_int(d["in_channels"]),
+            num_classes=_int(d["num_classes"]),
+            image_size=_int(d["image_size"]),
             kwargs=dict(d.get("kwargs") or {}),
         )
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{value!r} is not an integer")
+    return value
 
 
 def get_model(name: str, *, in_channels: int = 3, num_classes: int = 10, image_size: int = 32, **kwargs: Any):

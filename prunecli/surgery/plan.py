@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import torch
 
 from prunecli.config.prune import Selection
-from prunecli.errors import OptionError, PruneCliError
+from prunecli.errors import OptionError
 from prunecli.surgery.units import Target, Unit
 
 
@@ -139,7 +139,7 @@ def kept_count(channels: int, rate: float, round_to: int, where: str) -> int:
     if round_to > 1 and channels >= round_to:
         keep = min(channels, max(round_to, int(round(keep / round_to)) * round_to))
     if keep < 1:
-        raise PruneCliError(f"rate {rate:g} would leave no channels in {where} ({channels} channels); lower the rate")
+        raise OptionError(f"rate {rate:g} would leave no channels in {where} ({channels} channels); lower the rate")
     return keep
 
 

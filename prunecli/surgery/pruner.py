@@ -262,7 +262,10 @@ class Pruner:
         lo, hi = 0.0, min(0.99, self.selection.max_layer_rate or 0.99, feasible)
         top, best = reduction(hi)
         if top < target:
-            raise OptionError(f"{{target_macs}} {target}: these settings remove at most {top:.1%} of the MACs (at rate {hi:g})")
+            digits = 1
+            while round(top * 100, digits) >= round(target * 100, digits) and digits < 6:  # 99.99% must not read 100.0%
+                digits += 1
+            raise OptionError(f"{{target_macs}} {target}: these settings remove at most {top * 100:.{digits}f}% of the MACs (at rate {hi:g})")
         best_rate = hi
         for _ in range(20):
             mid = (lo + hi) / 2
