@@ -33,3 +33,23 @@ def log(message: str) -> None:
 
 def warn(message: str) -> None:
     console().print(f"[yellow]warning:[/yellow] {message}")
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x20), *range(0x7F, 0xA0))}
+
+
+def printable(text: object) -> str:
+    """``text`` with control characters escaped (``\\x1b``): safe to show on a terminal.
+
+    Strings from a checkpoint, a config file or stdin are data from whoever wrote them; an
+    escape sequence among them must not reach the terminal (one can clear the screen or
+    retitle the window).
+    """
+    return str(text).translate(_CONTROL)
+
+
+def markup_safe(text: object) -> str:
+    """`printable`, and rich's ``[markup]`` escaped: for untrusted strings in rich output."""
+    from rich.markup import escape
+
+    return escape(printable(text))

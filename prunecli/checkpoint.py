@@ -44,7 +44,9 @@ import torch
 
 from prunecli import __version__
 from prunecli.data._registry import DatasetSpec
+from prunecli._console import printable
 from prunecli.errors import CheckpointError
+from prunecli.limits import MAX_CHECKPOINT_VALUES, TooLarge, check_plain
 from prunecli.models._registry import ModelSpec
 from prunecli.outputs import atomic_write
 
@@ -181,33 +183,101 @@ def resumed(ckpt: Checkpoint, overrides: Mapping[str, Any]) -> Checkpoint:
 # ---------------------------------------------------------------------------- loading
 
 
+# what a few foreign files start with, to name them in the error
+_MAGIC = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"),
+    (b"\x1f\x8b", "a gzip file"),
+    (b"BZh", "a bzip2 file"),
+    (b"\xfd7zXZ", "an xz file"),
+    (b"\x7fELF", "an executable"),
+    (b"\x80", "a pickle in PyTorch's legacy format, which prunecli never writes"),
+    (b"\x93NUMPY", "a NumPy array"),
+)
+_ZIP = b"PK\x03\x04"
+MAX_PICKLE_BYTES = 64 << 20  # the plain-data part (data.pkl): prunecli writes kilobytes
+
+
+def _describe(head: bytes) -> str:
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return "unknown binary data"
+
+
+def _check_archive(path: Path) -> None:
+    """Before torch reads anything: a PyTorch zip archive whose declared sizes fit the file.
+
+    torch.save writes its records uncompressed, so the content can be no larger than the
+    file. A compressed entry declaring more is refused here (a 9 MB "zip bomb" would
+    otherwise inflate to gigabytes inside torch.load), and so is a plain-data record
+    (lineage, options, metrics) beyond `MAX_PICKLE_BYTES`.
+    """
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head.startswith(_ZIP):
+        if len(head) < len(_ZIP) and _ZIP.startswith(head):
+            raise CheckpointError(f"{path}: truncated checkpoint ({len(head)} bytes)")
+        raise CheckpointError(f"{path}: not a prunecli checkpoint ({_describe(head)})")
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as zf:
+            entries = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint (its zip directory is missing or damaged)") from None
+    declared = sum(e.file_size for e in entries)
+    if declared > size:
+        raise CheckpointError(
+            f"{path}: refused: declares {declared:,} bytes of content in a {size:,}-byte file "
+            "(compressed records; PyTorch and prunecli write none)"
+        )
+    for e in entries:
+        if e.filename.endswith("/data.pkl") and e.file_size > MAX_PICKLE_BYTES:
+            raise CheckpointError(f"{path}: refused: {e.file_size:,} bytes of plain data (lineage, options, metrics); at most {MAX_PICKLE_BYTES:,}")
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read and validate a checkpoint; every failure is one CheckpointError line."""
+    """Read and validate a checkpoint; every failure is one CheckpointError line.
+
+    Tensors are memory-mapped, not read: their shapes are checked against the model spec
+    (prunecli.models.build) before the weights are copied into a model, so a small file
+    cannot make a load allocate more than the model it describes.
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    try:
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"{path}: empty file, not a checkpoint")
+        _check_archive(path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {(e.strerror or str(e)).lower()}") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about pickle protocols of foreign files
-            payload = torch.load(path, map_location="cpu", weights_only=True)
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
             raise CheckpointError(
                 f"{path}: refused to load: it contains pickled objects or code, not only tensors and "
                 "plain data (prunecli checkpoints never do; the file was not written by prunecli or was tampered with)"
-            ) from e
-        raise CheckpointError(f"{path}: not a prunecli checkpoint (unreadable pickle data)") from e
+            ) from None
+        raise CheckpointError(f"{path}: not a prunecli checkpoint (unreadable pickle data)") from None
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from e
+        raise CheckpointError(f"{path}: cannot read: {(e.strerror or str(e)).lower()}") from None
+    except MemoryError:
+        raise CheckpointError(f"{path}: refused: reading it needs more memory than there is") from None
     except Exception as e:  # torch.load fails in many ways on foreign bytes (KeyError, RuntimeError, EOFError...)
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if zipfile.is_zipfile(path) or isinstance(e, EOFError) or "zip archive" in msg:
-            raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({msg})") from e
-        raise CheckpointError(f"{path}: not a prunecli checkpoint ({type(e).__name__}: {msg})") from e
+        msg = printable(str(e).splitlines()[0][:200]) if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {msg})") from None
     return _from_payload(payload, path)
 
 
@@ -219,31 +289,95 @@ def _upgrade_v1(payload: dict) -> dict:
     if isinstance(resume, dict) and "callbacks" not in resume:
         resume = dict(resume)
         best = resume.pop("best", None) or {}
+        if not isinstance(best, dict):
+            best = {}
         resume["callbacks"] = {"best": {"top1": best.get("top1"), "epoch": best.get("epoch")}}
         payload["resume"] = resume
     payload["version"] = FORMAT_VERSION
     return payload
 
 
+# field -> (types it may have, what to call them); None is always allowed where listed
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "model": ((dict,), "a mapping"),
+    "converters": ((list,), "a list"),
+    "structure": ((list, type(None)), "a list"),
+    "state_dict": ((dict,), "a mapping"),
+    "state_dict_metadata": ((dict, type(None)), "a mapping"),
+    "masks": ((dict, type(None)), "a mapping"),
+    "dataset": ((dict, type(None)), "a mapping"),
+    "metrics": ((dict, type(None)), "a mapping"),
+    "lineage": ((list, type(None)), "a list"),
+    "resume": ((dict, type(None)), "a mapping"),
+    "extra": ((dict, type(None)), "a mapping"),
+}
+
+
+def _damaged(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"{path}: damaged prunecli checkpoint: {printable(why)}")
+
+
+def _checked_masks(masks: dict, state_dict: dict, path: Path) -> dict[str, torch.Tensor]:
+    """Masks name a tensor of the state dict, have its shape, and are boolean (or exactly 0/1)."""
+    out = {}
+    for name, mask in masks.items():
+        if not isinstance(name, str) or not isinstance(mask, torch.Tensor):
+            raise _damaged(path, f"masks hold a {type(mask).__name__} for {short(name)}, not a tensor")
+        if name not in state_dict:
+            raise _damaged(path, f"a mask for {short(name)}, which is not a tensor of the model")
+        if tuple(mask.shape) != tuple(state_dict[name].shape):
+            raise _damaged(path, f"the mask for {name} has shape {tuple(mask.shape)}, the tensor {tuple(state_dict[name].shape)}")
+        if mask.dtype != torch.bool:
+            if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
+                raise _damaged(path, f"the mask for {name} holds values other than 0 and 1")
+            mask = mask != 0
+        out[name] = mask
+    return out
+
+
+def short(value: Any) -> str:
+    """A value from an untrusted file, quoted for one line of error message."""
+    text = repr(value)
+    return printable(text if len(text) <= 80 else text[:77] + "...")
+
+
 def _from_payload(payload: Any, path: Path) -> Checkpoint:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path}: not a prunecli checkpoint (no 'format: prunecli' marker)")
     version = payload.get("version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise _damaged(path, f"format version {short(version)} is not a number")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint format version {version} is newer than this prunecli "
-            f"({__version__}, format {FORMAT_VERSION}); upgrade prunecli"
+            f"{path}: checkpoint format version {version} is newer than this prunecli reads "
+            f"({__version__} reads 1 to {FORMAT_VERSION}); upgrade prunecli"
         )
+    if version < 1:
+        raise _damaged(path, f"format version {version} does not exist")
+    try:
+        check_plain(payload, max_values=MAX_CHECKPOINT_VALUES, tensors=True)
+    except (TooLarge, TypeError) as e:
+        raise CheckpointError(f"{path}: refused: its plain data is {e}" if isinstance(e, TooLarge) else f"{path}: damaged prunecli checkpoint: {e}") from None
+    for key, (types, what) in _FIELD_TYPES.items():
+        if key in payload and not isinstance(payload[key], types):
+            raise _damaged(path, f"{key!r} is a {type(payload[key]).__name__}, expected {what}")
     if version == 1:
         payload = _upgrade_v1(payload)
+    state_dict = payload.get("state_dict")
+    if not isinstance(state_dict, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
+        raise _damaged(path, "state_dict is not a mapping of names to tensors")
+    lineage = list(payload.get("lineage") or [])
+    if not all(isinstance(e, dict) for e in lineage):
+        raise _damaged(path, "a lineage entry is not a mapping")
+    converters = list(payload.get("converters") or [])
+    if not all(isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("args") or {}, dict) for c in converters):
+        raise _damaged(path, "a converter entry is not {name, args}")
     try:
         model = ModelSpec.from_dict(payload["model"])
         dataset = DatasetSpec.from_dict(payload["dataset"]) if payload.get("dataset") else None
-        state_dict = payload["state_dict"]
-        if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-            raise TypeError("state_dict is not a dict of tensors")
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: damaged prunecli checkpoint ({e})") from e
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise _damaged(path, f"model or dataset spec: {type(e).__name__} {e}") from None
+    masks = _checked_masks(dict(payload.get("masks") or {}), state_dict, path)
     meta = payload.get("state_dict_metadata")
     if meta:
         state_dict = OrderedDict(state_dict)
@@ -253,11 +387,11 @@ def _from_payload(payload: Any, path: Path) -> Checkpoint:
         state_dict=state_dict,
         dataset=dataset,
         structure=payload.get("structure"),
-        masks=dict(payload.get("masks") or {}),
+        masks=masks,
         metrics=dict(payload.get("metrics") or {}),
-        lineage=list(payload.get("lineage") or []),
+        lineage=lineage,
         resume=payload.get("resume"),
         extra=dict(payload.get("extra") or {}),
-        converters=list(payload.get("converters") or []),
+        converters=converters,
         path=path,
     )

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import os
-from pathlib import Path
 import pickle
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import one_line_error
 
 from prunecli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from prunecli.stages.checkpoints import rebuild_model
-from prunecli.errors import CheckpointError
+from prunecli.errors import CheckpointError, OutputError
 from prunecli.models import ModelSpec
+from prunecli.stages.checkpoints import rebuild_model
 
 
 class _RunsCode:
@@ -115,10 +116,10 @@ def test_atomic_write_keeps_the_old_file_when_saving_fails(tmp_path, tiny_base, 
 
     def broken_save(obj, f, *a, **k):
         f.write(b"partial bytes")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="no space left on device; nothing was replaced"):
         save_checkpoint(ckpt, target)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"], "a temporary file was left behind"

@@ -39,12 +39,12 @@ def evaluate(
 def _print_reports(reports, show_layers: bool) -> None:
     from rich.table import Table
 
-    from prunecli._console import console
+    from prunecli._console import console, markup_safe
 
     con = console()
     table = Table(title="evaluate", title_justify="left", show_edge=False, pad_edge=False)
     table.add_column("")
-    labels = [Path(r.checkpoint).name for r in reports]
+    labels = [markup_safe(Path(r.checkpoint).name) for r in reports]
     for label in labels:
         table.add_column(label, justify="right")
     base = reports[0]
@@ -71,7 +71,7 @@ def _print_reports(reports, show_layers: bool) -> None:
             )
         )
     for name, cells in rows:
-        table.add_row(name, *cells)
+        table.add_row(name, *(markup_safe(c) for c in cells))  # stage, model, dataset names come from the files
     con.print(table)
     if show_layers:
         con.print(layer_widths_table("per-layer widths", labels, [r.layers for r in reports]))

@@ -38,7 +38,11 @@ def _print_info(s: dict, table, show_layers: bool) -> None:
     from prunecli._console import console
 
     con = console()
+    s = _safe(s)  # every string in a checkpoint is the writer's: no escape codes, no rich markup
     con.print(f"[bold]{s['checkpoint']}[/bold]")
+    if s["nonfinite_tensors"]:
+        bad = s["nonfinite_tensors"]
+        con.print(f"[red]warning:[/red] {len(bad)} weight tensor(s) hold NaN or Inf: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
     t = Table(show_header=False, show_edge=False, pad_edge=False)
     t.add_column(style="bold")
     t.add_column()
@@ -66,15 +70,28 @@ def _print_info(s: dict, table, show_layers: bool) -> None:
     for col in ("#", "command", "time", "prunecli", "parent", "parent sha256"):
         lin.add_column(col)
     for i, e in enumerate(s["lineage"], start=1):
-        resumed = f" (resumed x{len(e['resumed'])})" if e.get("resumed") else ""
+        resumed = f" (resumed x{len(e['resumed'])})" if isinstance(e.get("resumed"), list) and e["resumed"] else ""
         lin.add_row(
             str(i),
-            e.get("command", "?") + resumed,
-            e.get("time", ""),
-            e.get("prunecli_version", ""),
-            e.get("parent") or "-",
-            (e.get("parent_sha256") or "-")[:12],
+            f"{e.get('command', '?')}{resumed}",
+            str(e.get("time", "")),
+            str(e.get("prunecli_version", "")),
+            str(e.get("parent") or "-"),
+            str(e.get("parent_sha256") or "-")[:12],
         )
     con.print(lin)
     if show_layers:
         con.print(layer_widths_table("layers", ["width"], [table]))
+
+
+def _safe(value):
+    """``value`` with every string made safe for rich output on a terminal."""
+    from prunecli._console import markup_safe
+
+    if isinstance(value, str):
+        return markup_safe(value)
+    if isinstance(value, dict):
+        return {_safe(k) if isinstance(k, str) else k: _safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_safe(v) for v in value]
+    return value

@@ -13,6 +13,15 @@
 
 A spec that names user code (``file.py:factory``) is only built when the user says they
 trust it (``PRUNECLI_TRUST_CODE=1``): building imports and runs that code.
+
+A checkpoint's spec is untrusted input, so `rebuild` bounds what it may cost before it
+allocates anything: the spec's numbers are range-checked (`ModelSpec`), the architecture
+is first built on PyTorch's ``meta`` device (shapes, no memory) under a budget of
+modules and parameters (prunecli.limits), and the file's tensor shapes are compared with
+it; only then is the real model built and the weights copied in. Rebuilding never
+downloads: arguments that would fetch weights (torchvision's ``weights=``) are dropped,
+as the state dict replaces every value anyway, and a download attempted meanwhile is an
+error.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from torch import nn
 from prunecli._console import warn
 from prunecli._registry import Registry
 from prunecli.errors import CheckpointError, PruneCliError
+from prunecli.limits import MAX_MODULES, MAX_PARAMETERS
 from prunecli.models._registry import ModelSpec, get_model, is_user_model, user_code_sha256
 from prunecli.models.structure import replay
 
@@ -41,9 +51,10 @@ def register_converter(name: str) -> Callable[[Converter], Converter]:
     return _CONVERTERS.decorator(name)
 
 
-def build_model(spec: ModelSpec) -> nn.Module:
-    """The unpruned architecture of ``spec``, freshly initialised."""
-    return get_model(spec.name, in_channels=spec.in_channels, num_classes=spec.num_classes, image_size=spec.image_size, **spec.kwargs)
+def build_model(spec: ModelSpec, *, where: Optional[str] = None) -> nn.Module:
+    """The unpruned architecture of ``spec``, freshly initialised, within the build budget."""
+    with build_budget(where or f"model {spec.name}"):
+        return get_model(spec.name, in_channels=spec.in_channels, num_classes=spec.num_classes, image_size=spec.image_size, **spec.kwargs)
 
 
 def example_input(spec: ModelSpec, batch: int = 1, device: Optional[torch.device] = None) -> torch.Tensor:
@@ -53,6 +64,112 @@ def example_input(spec: ModelSpec, batch: int = 1, device: Optional[torch.device
 
 def code_is_trusted() -> bool:
     return os.environ.get(TRUST_CODE_ENV, "").lower() in ("1", "true", "yes")
+
+
+# torchvision arguments that fetch weights from the hub (a state dict replaces them on rebuild)
+_FETCHING_ARGS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")
+
+
+class ModelTooLarge(PruneCliError):
+    """A model spec whose architecture exceeds the build budget."""
+
+
+@contextlib.contextmanager
+def build_budget(where: str):
+    """Count modules and parameters as a model registers them; stop beyond the limits.
+
+    The counting hooks fire as each submodule or parameter is registered, so a spec that
+    asks for 300,000 layers stops after `MAX_MODULES` of them rather than after exhausting
+    memory. Process-global while active (torch's global registration hooks).
+    """
+    from torch.nn.modules.module import register_module_module_registration_hook, register_module_parameter_registration_hook
+
+    counts = {"modules": 0, "parameters": 0}
+
+    def on_module(module, name, submodule):
+        counts["modules"] += 1
+        if counts["modules"] > MAX_MODULES:
+            raise ModelTooLarge(f"{where}: refused: its model has more than {MAX_MODULES:,} modules")
+
+    def on_parameter(module, name, param):
+        counts["parameters"] += param.numel() if param is not None else 0
+        if counts["parameters"] > MAX_PARAMETERS:
+            raise ModelTooLarge(f"{where}: refused: its model has more than {MAX_PARAMETERS:,} parameters")
+
+    hooks = (register_module_module_registration_hook(on_module), register_module_parameter_registration_hook(on_parameter))
+    try:
+        yield counts
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@contextlib.contextmanager
+def _no_downloads(where: str):
+    """Any hub download attempted while rebuilding is an error, not network access."""
+    import torch.hub
+
+    def refuse(url, *args, **kwargs):
+        raise CheckpointError(f"{where}: rebuilding its model tried to download {url}; refused (a checkpoint never fetches)")
+
+    saved = torch.hub.download_url_to_file
+    torch.hub.download_url_to_file = refuse
+    try:
+        yield
+    finally:
+        torch.hub.download_url_to_file = saved
+
+
+def offline_spec(spec: ModelSpec) -> ModelSpec:
+    """``spec`` without arguments that fetch weights (for a model whose weights come from a file)."""
+    if not spec.name.startswith("tv:") or not any(k in spec.kwargs for k in _FETCHING_ARGS):
+        return spec
+    return ModelSpec(spec.name, spec.in_channels, spec.num_classes, spec.image_size, {k: v for k, v in spec.kwargs.items() if k not in _FETCHING_ARGS})
+
+
+def _shape_problems(reference: Mapping[str, torch.Size], state_dict: Mapping[str, torch.Tensor], *, shrunk: bool) -> list[str]:
+    """How ``state_dict`` differs from the shapes of the architecture it claims.
+
+    ``shrunk``: the file holds a compressed model, so a tensor may be smaller than the
+    unpruned one in any dimension (pruning only removes), never larger or of other rank.
+    """
+    problems = []
+    unexpected = [k for k in state_dict if k not in reference]
+    if unexpected:
+        problems.append(f"unexpected {_few(unexpected)}")
+    if not shrunk:
+        missing = [k for k in reference if k not in state_dict]
+        if missing:
+            problems.append(f"missing {_few(missing)}")
+    bad = []
+    for k, t in state_dict.items():
+        ref = reference.get(k)
+        if ref is None:
+            continue
+        shape = tuple(t.shape)
+        fits = shape == tuple(ref) if not shrunk else len(shape) == len(ref) and all(a <= b for a, b in zip(shape, ref))
+        if not fits:
+            bad.append(f"{k} {shape} vs {tuple(ref)}")
+    if bad:
+        problems.append(f"shape mismatch {_few(bad)}")
+    return problems
+
+
+def _check_against_meta(spec: ModelSpec, converters, structure, state_dict, where: str) -> None:
+    """Build the architecture without memory and compare the file's tensor shapes with it."""
+    try:
+        with torch.device("meta"), _initialisation_skipped():
+            model = build_model(spec, where=where)
+            for step in converters:
+                model = _CONVERTERS.get(step["name"])(model, **dict(step.get("args") or {}))
+    except PruneCliError:
+        raise
+    except Exception:  # a constructor that computes on tensor values cannot run on meta: the real build is still budgeted
+        return
+    reference = {k: v.shape for k, v in model.state_dict().items()}
+    problems = _shape_problems(reference, state_dict, shrunk=bool(structure))
+    if problems:
+        raise CheckpointError(f"{where}: weights do not fit architecture {spec.name!r}: {'; '.join(problems)}")
 
 
 def rebuild(
@@ -65,6 +182,7 @@ def rebuild(
     code_sha256: Optional[str] = None,
 ) -> nn.Module:
     """Run the pipeline; every failure is one CheckpointError line naming ``where``."""
+    converters = list(converters)
     if is_user_model(spec.name):
         if not code_is_trusted():
             raise CheckpointError(
@@ -73,27 +191,42 @@ def rebuild(
             )
         if code_sha256 and user_code_sha256(spec.name) not in (None, code_sha256):
             warn(f"{spec.name} changed since {where} was written")
+    for step in converters:
+        name = step.get("name")
+        if name not in _CONVERTERS:
+            raise CheckpointError(f"{where}: {_CONVERTERS.unknown_message(str(name))} (written by a newer prunecli?)")
+    if state_dict is not None:
+        spec = offline_spec(spec)  # the state dict replaces every weight: nothing to fetch
     try:
-        # every value is about to be overwritten by the state dict: skip the random init
-        # (not for user code, whose constructor might compute something from it)
-        skip = state_dict is not None and not is_user_model(spec.name)
-        with _initialisation_skipped() if skip else contextlib.nullcontext():
-            model = build_model(spec)
+        with _no_downloads(where):
+            if state_dict is not None:
+                _check_against_meta(spec, converters, structure, state_dict, where)
+            # every value is about to be overwritten by the state dict: skip the random init
+            # (not for user code, whose constructor might compute something from it)
+            skip = state_dict is not None and not is_user_model(spec.name)
+            with _initialisation_skipped() if skip else contextlib.nullcontext():
+                model = build_model(spec, where=where)
+    except ModelTooLarge:
+        raise
     except PruneCliError as e:
         raise CheckpointError(f"{where}: cannot rebuild its model: {e}") from e
     for step in converters:
-        name, args = step.get("name"), dict(step.get("args") or {})
-        if name not in _CONVERTERS:
-            raise CheckpointError(f"{where}: {_CONVERTERS.unknown_message(str(name))} (written by a newer prunecli?)")
-        model = _CONVERTERS.get(name)(model, **args)
+        model = _CONVERTERS.get(step["name"])(model, **dict(step.get("args") or {}))
     if structure:
         try:
             replay(model, structure, example_input(spec), name=spec.name)
         except PruneCliError as e:
             raise CheckpointError(f"{where}: cannot rebuild its compressed structure: {e}") from e
+        except Exception as e:  # a damaged history makes Torch-Pruning fail in its own ways
+            raise CheckpointError(f"{where}: cannot rebuild its compressed structure (damaged pruning history: {type(e).__name__})") from None
     if state_dict is not None:
         load_state_strict(model, state_dict, where=where, arch=spec.name)
     return model
+
+
+def nonfinite_tensors(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or Inf."""
+    return [k for k, t in state_dict.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 _INIT_FUNCTIONS = (
@@ -130,21 +263,7 @@ def _initialisation_skipped():
 
 
 def load_state_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, where: str, arch: str) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    mismatched = [
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing {_few(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {_few(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatch {_few(mismatched)}")
+    problems = _shape_problems({k: v.shape for k, v in model.state_dict().items()}, state_dict, shrunk=False)
     if problems:
         raise CheckpointError(f"{where}: weights do not fit architecture {arch!r}: {'; '.join(problems)}")
     model.load_state_dict(state_dict, strict=True)

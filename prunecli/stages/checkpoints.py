@@ -14,14 +14,32 @@ from torch import nn
 
 from prunecli.checkpoint import Checkpoint, derive, load_checkpoint, to_plain
 from prunecli.data import DataBundle, get_dataset
-from prunecli.errors import OptionError, PruneCliError
+from prunecli.errors import CheckpointError, OptionError, PruneCliError
 from prunecli.models import ModelSpec, rebuild
+from prunecli.models.build import nonfinite_tensors
 from prunecli.outputs import atomic_write
 from prunecli.surgery.masks import apply_masks, carry
 
 
-def rebuild_model(ckpt: Checkpoint) -> nn.Module:
+def check_finite(ckpt: Checkpoint, *, allow: bool = False) -> list[str]:
+    """The tensors of ``ckpt`` that hold NaN or Inf; an error unless ``allow``.
+
+    Non-finite weights make every later number meaningless (accuracy at chance, a loss of
+    nan, a compress check of "nan"), so they stop a command unless the user asks to look.
+    """
+    bad = nonfinite_tensors(ckpt.state_dict)
+    if bad and not allow:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise CheckpointError(
+            f"{ckpt.path}: weights hold NaN or Inf ({bad[0]}{more}; a diverged run or an edited file); "
+            "pass --allow-nonfinite to load it anyway"
+        )
+    return bad
+
+
+def rebuild_model(ckpt: Checkpoint, *, allow_nonfinite: bool = False) -> nn.Module:
     """The checkpoint's model: spec -> converters -> structure -> weights (prunecli.models.build)."""
+    check_finite(ckpt, allow=allow_nonfinite)
     return rebuild(
         ckpt.model,
         converters=ckpt.converters,
@@ -32,10 +50,10 @@ def rebuild_model(ckpt: Checkpoint) -> nn.Module:
     )
 
 
-def load_model(path: Path, *, device: Optional[torch.device] = None) -> tuple[Checkpoint, nn.Module]:
+def load_model(path: Path, *, device: Optional[torch.device] = None, allow_nonfinite: bool = False) -> tuple[Checkpoint, nn.Module]:
     """Read ``path`` and rebuild its model (on ``device``, masks applied, in eval mode)."""
     ckpt = load_checkpoint(path)
-    model = rebuild_model(ckpt).eval()
+    model = rebuild_model(ckpt, allow_nonfinite=allow_nonfinite).eval()
     if device is not None:
         model.to(device)
     apply_masks(model, ckpt.masks, where=str(path))

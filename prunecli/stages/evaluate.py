@@ -65,7 +65,7 @@ def evaluate_checkpoints(paths: list[Path], cfg: Optional[EvaluateConfig] = None
     loaded = [load_checkpoint(p) for p in paths]  # fail on a bad file before any work
     reports, models = [], []
     for ckpt in loaded:
-        model = rebuild_model(ckpt).to(dev)
+        model = rebuild_model(ckpt, allow_nonfinite=cfg.allow_nonfinite).to(dev)
         bundle = data_for_checkpoint(ckpt, dataset=cfg.dataset, data=cfg.data, download=cfg.download)
         batches = make_batches(bundle, "test", batch_size=cfg.batch_size, device=dev, train=False, workers=cfg.workers)
         result = evaluate(model, batches, device=dev)

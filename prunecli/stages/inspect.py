@@ -8,13 +8,14 @@ from typing import Any
 from prunecli.checkpoint import load_checkpoint, to_plain
 from prunecli.metrics.complexity import count_complexity
 from prunecli.metrics.layers import LayerInfo, layer_table
-from prunecli.stages.checkpoints import rebuild_model
+from prunecli.stages.checkpoints import check_finite, rebuild_model
 
 
 def checkpoint_summary(path: Path) -> tuple[dict[str, Any], list[LayerInfo]]:
     """(summary of the checkpoint as plain data, its per-layer table)."""
     ckpt = load_checkpoint(path)
-    model = rebuild_model(ckpt)
+    nonfinite = check_finite(ckpt, allow=True)  # info is how a user looks at such a file: report, do not refuse
+    model = rebuild_model(ckpt, allow_nonfinite=True)
     shape = (ckpt.model.in_channels, ckpt.model.image_size, ckpt.model.image_size)
     cx = count_complexity(model, shape)
     masked = sum(int((~m).sum().item()) for m in ckpt.masks.values())
@@ -32,9 +33,15 @@ def checkpoint_summary(path: Path) -> tuple[dict[str, Any], list[LayerInfo]]:
         "masked_entries": masked,
         "metrics": ckpt.metrics,
         "lineage": ckpt.lineage,
-        "resume": {"stage": ckpt.resume["stage"], "epoch": ckpt.resume["epoch"], "epochs": ckpt.resume["config"].get("epochs")}
-        if ckpt.resume
-        else None,
+        "resume": _resume_summary(ckpt.resume),
         "extra_keys": sorted(ckpt.extra),
+        "nonfinite_tensors": nonfinite,
     }
     return to_plain(summary), layer_table(model, ckpt.masks)
+
+
+def _resume_summary(resume: Any) -> Any:
+    if not isinstance(resume, dict):
+        return None
+    config = resume.get("config") if isinstance(resume.get("config"), dict) else {}
+    return {"stage": resume.get("stage"), "epoch": resume.get("epoch"), "epochs": config.get("epochs")}
