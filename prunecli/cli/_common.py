@@ -19,9 +19,15 @@ def input_checkpoint(path: Path | str) -> Path:
     """A checkpoint argument; ``-`` reads the path from stdin (the previous command's stdout)."""
     if str(path) != "-":
         return Path(path)
-    line = sys.stdin.readline().strip()
+    try:
+        line = sys.stdin.readline(4097).strip()  # a path is at most 4,096 bytes
+    except (UnicodeDecodeError, ValueError):
+        line = "\x00"
     if not line:
         raise PruneCliError("checkpoint '-': expected a checkpoint path on stdin, got nothing (did the previous command fail?)")
+    if len(line) > 4096 or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in line):
+        # never echo it: binary stdin would reach the terminal through the message
+        raise PruneCliError("checkpoint '-': stdin does not hold a checkpoint path (binary data or control characters)")
     return Path(line)
 
 

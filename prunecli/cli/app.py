@@ -56,9 +56,20 @@ app.command("list")(list_)
 
 
 def _error(message: str, code: int) -> "NoReturn":  # noqa: F821
-    sys.stderr.write(f"prunecli: error: {message}\n")
+    from prunecli._console import printable
+
+    # one line, whatever a file or stdin put into the message (paths, names, values)
+    sys.stderr.write(f"prunecli: error: {printable(message)}\n")
     sys.stderr.flush()
     raise SystemExit(code)
+
+
+def _interrupted() -> "NoReturn":  # noqa: F821
+    from prunecli.outputs import written
+
+    files = written()
+    done = f"wrote {', '.join(map(str, files))}" if files else "nothing written"
+    _error(f"interrupted; {done}", 130)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -68,10 +79,17 @@ def main(argv: Optional[list[str]] = None) -> None:
     from prunecli.config import flag_for
     from prunecli.errors import OptionError, PruneCliError
 
+    from prunecli.outputs import forget_written
+
     debug = os.environ.get("PRUNECLI_DEBUG", "") not in ("", "0")
     command = typer.main.get_command(app)
+    forget_written()
     try:
         rv = command.main(args=argv, prog_name="prunecli", standalone_mode=False)
+    except typer.Exit as e:
+        if e.exit_code == 130 and isinstance(e.__cause__, KeyboardInterrupt):  # typer's own Ctrl-C handling
+            _interrupted()
+        raise SystemExit(e.exit_code) from None
     except TyperException as e:  # click's errors: usage (exit 2) and the like
         if type(e).__name__ == "NoArgsIsHelpError":  # `prunecli` or `prunecli list` alone: the help text
             sys.stderr.write(e.format_message() + "\n")
@@ -83,7 +101,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         where = f" (see '{ctx.command_path} --help')" if code == 2 and ctx is not None else ""
         _error(f"{e.format_message()}{where}", code)
     except typer.Abort:
-        _error("aborted", 130)
+        _interrupted()
     except OptionError as e:  # library errors name config keys; a user of the CLI knows flags
         if debug:
             raise
@@ -93,7 +111,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             raise
         _error(str(e), e.exit_code)
     except KeyboardInterrupt:
-        _error("interrupted", 130)
+        _interrupted()
     except BrokenPipeError:
         # stdout closed early (e.g. piped into head): not an error of ours
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -104,6 +122,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             raise
         detail = str(e).splitlines()[0] if str(e) else ""
         _error(f"internal error: {type(e).__name__}: {detail} (a bug in prunecli? rerun with PRUNECLI_DEBUG=1 for the traceback)", 1)
+    if rv == 130:  # typer turns Ctrl-C into a return code of 130 without a word
+        _interrupted()
     raise SystemExit(rv if isinstance(rv, int) else 0)
 
 

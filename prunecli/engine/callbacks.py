@@ -11,6 +11,8 @@ from typing import Any, Callable, Optional
 
 
 from prunecli.engine.trainer import Callback, EnforceMasks, FitState
+from prunecli.errors import OutputError
+from prunecli.outputs import atomic_write, why
 
 __all__ = ["BestCheckpoint", "EnforceMasks", "InterruptAfterEpoch", "MetricsLog"]
 
@@ -55,23 +57,35 @@ class BestCheckpoint(Callback):
 
 class MetricsLog(Callback):
     """One JSON line per epoch in ``path``, appended after the epoch's checkpoint is written
-    (a kill in between must not log an epoch the checkpoint lacks). A fresh run starts the
-    file empty; a resumed one appends."""
+    (a kill in between must not log an epoch the checkpoint lacks).
+
+    A fresh run replaces the previous file only after its first checkpoint exists (one
+    atomic write of its first line): a run that dies before then leaves the old run's
+    metrics beside the old run's checkpoint. A resumed run appends.
+    """
 
     key = "metrics_log"
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self._started = False
 
     def on_fit_start(self, state: FitState) -> None:
-        if state.is_main and not state.resumed:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("")
+        self._started = state.resumed
 
     def after_save(self, state: FitState) -> None:
-        if state.is_main and state.record is not None:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(state.record) + "\n")
+        if not state.is_main:
+            return
+        line = json.dumps(state.record) + "\n" if state.record is not None else ""
+        if not self._started:
+            self._started = True
+            atomic_write(self.path, lambda f: f.write(line.encode()))
+        elif line:
+            try:
+                with open(self.path, "a") as f:
+                    f.write(line)
+            except OSError as e:
+                raise OutputError(f"cannot write {self.path}: {why(e)} (the epoch's checkpoint was written)") from None
 
 
 INTERRUPT_ENV = "PRUNECLI_INTERRUPT_AFTER_EPOCH"

@@ -26,6 +26,7 @@ The trainer owns the current masks (``state.masks``): a callback that changes th
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
@@ -48,6 +49,14 @@ class TrainingInterrupted(PruneCliError):
     """Ctrl-C (or a kill the process survives) during training: exit code 130."""
 
     exit_code = 130
+
+    def __init__(self, message: str, *, saved_epoch: Optional[int] = None):
+        super().__init__(message)
+        self.saved_epoch = saved_epoch
+
+
+class TrainingDiverged(PruneCliError):
+    """The loss became NaN or Inf: what follows would train on garbage, so the run stops."""
 
     def __init__(self, message: str, *, saved_epoch: Optional[int] = None):
         super().__init__(message)
@@ -246,7 +255,14 @@ class Trainer:
             masks=dict(masks or {}),
         )
         if resume:
-            self._restore(state, resume)
+            try:
+                self._restore(state, resume)
+            except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+                # a resume state written for another model or optimizer, or edited
+                raise PruneCliError(
+                    f"its resume state does not fit this model and options ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                    "start a new run (finetune) instead of resuming"
+                ) from None
 
         n_params = sum(p.numel() for p in model.parameters())
         log(
@@ -292,6 +308,8 @@ class Trainer:
                         progress=bar,
                         dist_info=dist,
                     )
+                if not math.isfinite(stats.loss):  # the loss is all-reduced: every rank stops here together
+                    raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: the loss is {stats.loss}", saved_epoch=state.saved_epoch)
                 state.epoch, state.train_stats = epoch + 1, stats
                 state.evaluated = (epoch + 1) % max(1, cfg.eval_every) == 0 or epoch + 1 == cfg.epochs
                 if state.evaluated:

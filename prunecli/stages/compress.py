@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from prunecli.checkpoint import save_checkpoint
+from prunecli.outputs import claim_output
 from prunecli.config import CompressConfig
 from prunecli.engine.distributed import resolve_device
 from prunecli.errors import PruneCliError
@@ -65,7 +66,12 @@ class CompressReport:
 
 def compress_checkpoint(source: Path, cfg: Optional[CompressConfig] = None, *, output: Path) -> CompressReport:
     cfg = cfg or CompressConfig()
-    ckpt, model = load_model(source)
+    with claim_output(Path(output), overwrite=cfg.overwrite):  # checked and locked before any work
+        return _compress(Path(source), cfg, Path(output))
+
+
+def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport:
+    ckpt, model = load_model(source, allow_nonfinite=cfg.allow_nonfinite)
     spec = ckpt.model
     example = example_input(spec)
     shape = tuple(example.shape[1:])

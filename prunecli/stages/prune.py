@@ -24,6 +24,7 @@ from prunecli.engine.distributed import resolve_device
 from prunecli.errors import OptionError, PruneCliError
 from prunecli.metrics.complexity import Complexity, count_complexity
 from prunecli.models import example_input
+from prunecli.outputs import claim_output
 from prunecli.stages.checkpoints import data_for_checkpoint, derive_compressed, load_model
 from prunecli.surgery.equivalence import difference, outputs, probe_batch
 from prunecli.surgery.masks import combine, newly_masked
@@ -51,7 +52,11 @@ class PruneReport:
 def criterion_for(cfg: PruneConfig) -> Criterion:
     """``cfg.method`` with the hyper-parameters it takes (``mix_norm`` only when set)."""
     hparams: dict[str, Any] = {"mix_norm": cfg.mix_norm} if cfg.mix_norm else {}
-    if "seed" in hyperparameters(criterion_class(cfg.method)):
+    try:
+        cls = criterion_class(cfg.method)
+    except PruneCliError as e:  # a bad --method value: a usage error like any other
+        raise OptionError(f"{{method}} {e}") from None
+    if "seed" in hyperparameters(cls):
         hparams["seed"] = cfg.seed
     return get_criterion(cfg.method, **hparams)
 
@@ -81,7 +86,12 @@ def prune_checkpoint(source: Path, cfg: PruneConfig, *, output: Path) -> PruneRe
     criterion = criterion_for(cfg)
     algorithm = get_algorithm("one-shot")
     device = resolve_device(cfg.device)
-    ckpt, model = load_model(source, device=device)
+    with claim_output(Path(output), overwrite=cfg.overwrite):  # checked and locked before any work
+        return _prune(Path(source), cfg, Path(output), criterion, algorithm, device)
+
+
+def _prune(source: Path, cfg: PruneConfig, output: Path, criterion: Criterion, algorithm, device: torch.device) -> PruneReport:
+    ckpt, model = load_model(source, device=device, allow_nonfinite=cfg.allow_nonfinite)
     spec = ckpt.model
     example = example_input(spec, device=device)
     shape = tuple(example.shape[1:])
@@ -96,6 +106,7 @@ def prune_checkpoint(source: Path, cfg: PruneConfig, *, output: Path) -> PruneRe
     )
     before = count_complexity(model, shape)
     plan = algorithm.plan(pruner, target_macs=cfg.target_macs)
+    _check_something_selected(plan, cfg)
     extra = dict(ckpt.extra)
     extra["prune"] = {
         "method": cfg.method,
@@ -133,6 +144,30 @@ def prune_checkpoint(source: Path, cfg: PruneConfig, *, output: Path) -> PruneRe
         compressed=cfg.compress,
         max_abs_diff=diff,
     )
+
+
+def _check_something_selected(plan: Plan, cfg: PruneConfig) -> None:
+    """A "pruned" checkpoint with nothing pruned is a mistake in the options: say which one."""
+    eligible = [p for p in plan.units if p.status == "prune"]
+    if cfg.granularity.value == "channel" and cfg.round_to > 1 and eligible:
+        widest = max(p.size for p in eligible)
+        if cfg.round_to > widest:
+            raise OptionError(f"{{round_to}} {cfg.round_to}: wider than every prunable layer (the widest has {widest} channels)")
+        narrow = sum(p.size < cfg.round_to for p in eligible)
+        if narrow:
+            plan.notes.append(f"round-to {cfg.round_to}: {narrow} layer(s) narrower than that were pruned without rounding")
+    if plan.pruned:
+        return
+    asked = (cfg.rate or 0) > 0 or any(r > 0 for r in cfg.layer_rates) or any(r > 0 for _, r in cfg.layer_rate)
+    if not asked:
+        return  # rate 0 on purpose: an unpruned baseline through the same pipeline
+    if not eligible:
+        statuses = sorted({p.status for p in plan.units})
+        raise OptionError(
+            f"nothing to prune: every prunable layer is {' or '.join(statuses)} (check {{skip}} and {{protect}}; "
+            "prunecli info CKPT --layers lists the layers)"
+        )
+    raise OptionError("nothing selected: the rates remove less than one channel (or weight) in every layer; raise {rate}")
 
 
 def _compressed(ckpt: Checkpoint, pruner: Pruner, plan: Plan, options, extra, before: Complexity, notes: list[str]):

@@ -6,26 +6,33 @@ last complete epoch on disk, and ``--resume`` continues from it with the same re
 an uninterrupted run. Next to it: ``<stem>.best.pt`` (best test top-1),
 ``<stem>.metrics.jsonl`` (one JSON line per epoch) and ``<stem>.config.yaml`` (the
 resolved options, usable as --config).
+
+The output is claimed before any work (prunecli.outputs: checked, locked, not another
+run's file unless ``--overwrite``), and a new run's side files replace the previous
+run's only once its first checkpoint exists: a run that fails or is killed before that
+leaves the old files as they were and writes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from prunecli._console import log
+from prunecli._console import log, markup_safe
 from prunecli.checkpoint import Checkpoint, derive, load_checkpoint, resumed, save_checkpoint
 from prunecli.config import FinetuneConfig, TrainConfig, option_specs
 from prunecli.data import DataBundle, get_dataset
 from prunecli.engine.callbacks import BestCheckpoint, InterruptAfterEpoch, MetricsLog
-from prunecli.engine.distributed import DistInfo, init_distributed, shutdown_distributed
-from prunecli.engine.trainer import FitState, Trainer, TrainingInterrupted
-from prunecli.errors import CheckpointError
+from prunecli.engine.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown_distributed
+from prunecli.engine.trainer import FitState, Trainer, TrainingDiverged, TrainingInterrupted
+from prunecli.errors import CheckpointError, OptionError, OutputError, PruneCliError
 from prunecli.models import ModelSpec, build_model, is_user_model
 from prunecli.models._registry import user_code_sha256
+from prunecli.outputs import claim_output
 from prunecli.stages.checkpoints import check_data_fits_model, data_for_checkpoint, rebuild_model, side_paths, write_config
 
 StageCfg = Union[TrainConfig, FinetuneConfig]
@@ -33,8 +40,7 @@ StageCfg = Union[TrainConfig, FinetuneConfig]
 
 def train(cfg: TrainConfig, *, output: Path) -> Path:
     """Train ``cfg.model`` from scratch on ``cfg.dataset``; returns the checkpoint path."""
-    dist, device = init_distributed(cfg.device)
-    try:
+    with _stage(cfg, Path(output)) as (dist, device):
         bundle = get_dataset(
             cfg.dataset, root=cfg.data, download=cfg.download, image_size=cfg.image_size, num_classes=cfg.num_classes, seed=cfg.seed
         )
@@ -50,41 +56,54 @@ def train(cfg: TrainConfig, *, output: Path) -> Path:
         extra = {"model_code_sha256": user_code_sha256(spec.name)} if is_user_model(spec.name) else {}
         template = derive(None, "train", cfg.to_options(), model=spec, dataset=bundle.spec, extra=extra)
         return _fit("train", cfg, model, template, bundle, Path(output), dist=dist, device=device)
-    finally:
-        shutdown_distributed()
 
 
 def finetune(source: Path, cfg: FinetuneConfig, *, output: Path) -> Path:
     """Retrain a (masked or compressed) checkpoint; its masks stay enforced after every step."""
-    dist, device = init_distributed(cfg.device)
-    try:
+    with _stage(cfg, Path(output)) as (dist, device):
         parent = load_checkpoint(source)
-        model = rebuild_model(parent)
+        model = rebuild_model(parent, allow_nonfinite=cfg.allow_nonfinite)
         bundle = data_for_checkpoint(parent, dataset=cfg.dataset, data=cfg.data, download=cfg.download, seed=cfg.seed)
         template = derive(parent, "finetune", cfg.to_options(), dataset=bundle.spec, state_dict={})
         return _fit("finetune", cfg, model, template, bundle, Path(output), dist=dist, device=device)
-    finally:
-        shutdown_distributed()
+
+
+# options that define what a run trains: a resume that changed them would write a checkpoint
+# whose lineage describes another run (``--data`` may change: a dataset folder can move)
+_FIXED_ON_RESUME = ("model", "model_args", "dataset", "image_size", "num_classes")
 
 
 def resume(path: Path, overrides: Mapping[str, Any], *, output: Optional[Path] = None) -> Path:
     """Continue an interrupted train/finetune run from its last complete epoch.
 
-    ``overrides`` are options given again (``--epochs 30`` extends the run).
+    ``overrides`` are options given again (``--epochs 30`` extends the run); the options
+    that define the run (model, dataset) cannot change.
     """
     ckpt = load_checkpoint(path)
     state = ckpt.resume
-    if not state or "config" not in state:
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or state.get("stage") not in ("train", "finetune"):
         raise CheckpointError(f"{path}: has no resume state (only train and finetune checkpoints can be resumed)")
     stage = state["stage"]
     config_cls = TrainConfig if stage == "train" else FinetuneConfig
     known = {s.name for s in option_specs(config_cls)}
     # a version-1 finetune run stored train's fields too (model, image_size ...): not options of finetune
     stored = {k: v for k, v in state["config"].items() if k in known}
-    cfg = config_cls.from_options({**stored, **overrides})
-    dist, device = init_distributed(cfg.device)
     try:
-        model = rebuild_model(ckpt)
+        before = config_cls.from_options(stored)
+    except OptionError as e:
+        raise CheckpointError(f"{path}: its resume state holds invalid options ({e})") from None
+    cfg = config_cls.from_options({**stored, **overrides})
+    for name in _FIXED_ON_RESUME:
+        if name in known and getattr(cfg, name) != getattr(before, name):
+            raise OptionError(
+                f"{{{name}}} {getattr(cfg, name)!r}: {path} continues a run of {name} {getattr(before, name)!r}; "
+                "a resumed run keeps it (start a new run to change it)"
+            )
+    output = Path(output or path)
+    # --overwrite is a decision about this invocation's output, not carried over from the run
+    overwrite = bool(config_cls.check_options(overrides).get("overwrite", False))
+    with _stage(cfg, output, resumes=Path(path), overwrite=overwrite) as (dist, device):
+        model = rebuild_model(ckpt, allow_nonfinite=cfg.allow_nonfinite)
         if stage == "train":
             bundle = get_dataset(
                 cfg.dataset, root=cfg.data, download=cfg.download, image_size=cfg.image_size, num_classes=cfg.num_classes, seed=cfg.seed
@@ -95,7 +114,32 @@ def resume(path: Path, overrides: Mapping[str, Any], *, output: Optional[Path] =
         template = resumed(ckpt, overrides)
         given = {config_cls.spec(k): v for k, v in overrides.items()}
         options = {**dict(state.get("options") or {}), **{s.key: s.command_line_form(s.coerce(v)) for s, v in given.items()}}
-        return _fit(stage, cfg, model, template, bundle, Path(output or path), dist=dist, device=device, options=options, resume_state=state)
+        return _fit(stage, cfg, model, template, bundle, output, dist=dist, device=device, options=options, resume_state=state)
+
+
+@contextlib.contextmanager
+def _stage(cfg: StageCfg, output: Path, *, resumes: Optional[Path] = None, overwrite: Optional[bool] = None):
+    """Processes started, the output claimed before any work (prunecli.outputs); yields (dist, device).
+
+    Under torchrun every rank checks the path, rank 0 (the one that writes) locks it, and
+    the ranks agree on the outcome, so a refused output stops all of them at once rather
+    than leaving the others waiting for rank 0.
+    """
+    dist, device = init_distributed(cfg.device)
+    try:
+        with contextlib.ExitStack() as stack:
+            error: Optional[PruneCliError] = None
+            try:
+                replace_existing = cfg.overwrite if overwrite is None else overwrite
+                claim = claim_output(output, overwrite=replace_existing, resumes=resumes, side=side_paths(output).values(), lock=dist.is_main)
+                stack.enter_context(claim)
+            except PruneCliError as e:
+                error = e
+            if dist.enabled and all_reduce_sum([float(error is not None)], device, dist)[0] and error is None:
+                raise OutputError(f"{output}: another process of this torchrun job could not claim it")
+            if error is not None:
+                raise error
+            yield dist, device
     finally:
         shutdown_distributed()
 
@@ -116,8 +160,7 @@ def _fit(
     """Run the Trainer with the stage's callbacks; write the checkpoint every epoch."""
     paths = side_paths(output)
     options = options if options is not None else cfg.to_options()
-    if dist.is_main and resume_state is None:
-        write_config(paths["config"], stage, options)
+    fresh = [resume_state is None]
 
     def snapshot(state: FitState, *, resumable: bool = True) -> Checkpoint:
         metrics = {"epoch": state.epoch, "epochs": cfg.epochs, "best_top1": best.top1, "best_epoch": best.epoch}
@@ -126,6 +169,13 @@ def _fit(
             metrics.update(top1=ev.top1, top5=ev.top5, loss=ev.loss, dataset=template.dataset.name if template.dataset else None)
         resume = {"stage": stage, "config": cfg.to_dict(), "options": options, **state.resume_state()} if resumable else None
         return replace(template, state_dict=state.model.state_dict(), masks=dict(state.masks), metrics=metrics, resume=resume)
+
+    def save(state: FitState) -> None:
+        save_checkpoint(snapshot(state), output)
+        if fresh[0]:  # the new run's first checkpoint exists: now its side files replace the old run's
+            fresh[0] = False
+            paths["best"].unlink(missing_ok=True)  # rewritten below when this run has a best epoch
+            write_config(paths["config"], stage, options)
 
     best = BestCheckpoint(write=lambda state: save_checkpoint(snapshot(state, resumable=False), paths["best"]))
     callbacks = [best, MetricsLog(paths["metrics"])]
@@ -139,10 +189,13 @@ def _fit(
             bundle,
             callbacks,
             masks=template.masks,
-            save=lambda state: save_checkpoint(snapshot(state), output),
+            save=save,
             resume=resume_state,
-            label=f"[bold]{stage}[/bold] {template.model.name}",
+            label=f"[bold]{stage}[/bold] {markup_safe(template.model.name)}",
         )
+    except TrainingDiverged as e:
+        kept = "nothing written" if e.saved_epoch is None else f"{output} keeps epoch {e.saved_epoch}"
+        raise TrainingDiverged(f"{e} (learning rate too high?); {kept}", saved_epoch=e.saved_epoch) from None
     except TrainingInterrupted as e:
         if e.saved_epoch is None:
             raise TrainingInterrupted(f"interrupted during epoch {start + 1}; no checkpoint was written") from e
