@@ -5,6 +5,7 @@ out of range, non-finite, huge, negative, a string with control characters, unic
 empty. Whatever it picks:
 
 * no traceback and no internal error: exit 0, 1 or 2 with one error line;
+* no hang: every run ends within 60 s (an alarm turns a hang into a failure);
 * no exit 0 when a numeric value is outside the option's declared bounds or not finite;
 * nothing written when the command fails; the output written when it succeeds.
 """
@@ -12,6 +13,7 @@ empty. Whatever it picks:
 from __future__ import annotations
 
 import math
+import signal
 import tempfile
 from pathlib import Path
 
@@ -57,8 +59,14 @@ def _value(spec) -> st.SearchStrategy:
 
 def _out_of_range(spec, text: str) -> bool:
     """Whether ``text`` is a number this option must refuse (outside bounds, not finite)."""
+    def number(v: str):
+        try:
+            return int(v)  # exactly: 2**63 - 1 as a float rounds up past the bound
+        except ValueError:
+            return float(v)
+
     try:
-        values = [float(v) for v in text.split(",") if v] if spec.kind in (Kind.INTS, Kind.FLOATS) else [float(text)]
+        values = [number(v) for v in text.split(",") if v] if spec.kind in (Kind.INTS, Kind.FLOATS) else [number(text)]
     except ValueError:
         return False
     lo, hi = spec.opt.min, spec.opt.max
@@ -72,13 +80,22 @@ def _options(config_cls) -> st.SearchStrategy:
     )
 
 
+def _hung(signum, frame):
+    raise AssertionError("hung: no result within 60 s")
+
+
 def _run_and_check(cli, command: list[str], picked) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.pt"
         args = list(command)
         for spec, value in picked:
             args += [f"--{spec.key}"] if value is None else [f"--{spec.key}", value]
-        r = cli(*args, "-o", out)
+        signal.signal(signal.SIGALRM, _hung)
+        signal.alarm(60)  # no hang: a run that takes a minute here is one
+        try:
+            r = cli(*args, "-o", out)
+        finally:
+            signal.alarm(0)
         event(f"exit {r.code}")
         assert r.code in (0, 1, 2), (args, r.code, r.stderr)
         assert "Traceback" not in r.stderr and "internal error" not in r.stderr, (args, r.stderr)
