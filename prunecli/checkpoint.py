@@ -43,8 +43,8 @@ from typing import Any, Mapping, Optional
 import torch
 
 from prunecli import __version__
-from prunecli.data._registry import DatasetSpec
 from prunecli._console import printable
+from prunecli.data._registry import DatasetSpec
 from prunecli.errors import CheckpointError
 from prunecli.limits import MAX_CHECKPOINT_VALUES, TooLarge, check_plain
 from prunecli.models._registry import ModelSpec
@@ -254,6 +254,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise CheckpointError(f"{path}: no such file")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a regular file (a device, FIFO or socket), not a checkpoint")
     try:
         if path.stat().st_size == 0:
             raise CheckpointError(f"{path}: empty file, not a checkpoint")
@@ -341,6 +343,35 @@ def short(value: Any) -> str:
     return printable(text if len(text) <= 80 else text[:77] + "...")
 
 
+# resume-state field -> the types it may have (None allowed for those listed with NoneType)
+_RESUME_TYPES: dict[str, tuple[type, ...]] = {
+    "stage": (str,),
+    "epoch": (int,),
+    "config": (dict,),
+    "optimizer": (dict,),
+    "scheduler": (dict,),
+    "options": (dict, type(None)),
+    "scaler": (dict, type(None)),
+    "last_eval": (dict, type(None)),
+    "callbacks": (dict, type(None)),
+    "masks_version": (int, type(None)),
+}
+
+
+def _check_resume(resume: Any, path: Path) -> None:
+    """A resume state must have the fields a resumed run reads, of the right types."""
+    if resume is None:
+        return
+    for key, types in _RESUME_TYPES.items():
+        value = resume.get(key)
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise _damaged(path, f"resume state field {key!r} is {short(value)}")
+    if resume["stage"] not in ("train", "finetune"):
+        raise _damaged(path, f"resume state of an unknown stage {short(resume['stage'])}")
+    if not 0 <= resume["epoch"] <= 100_000:
+        raise _damaged(path, f"resume state at epoch {resume['epoch']}")
+
+
 def _from_payload(payload: Any, path: Path) -> Checkpoint:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path}: not a prunecli checkpoint (no 'format: prunecli' marker)")
@@ -369,6 +400,11 @@ def _from_payload(payload: Any, path: Path) -> Checkpoint:
     lineage = list(payload.get("lineage") or [])
     if not all(isinstance(e, dict) for e in lineage):
         raise _damaged(path, "a lineage entry is not a mapping")
+    if not all(isinstance(e.get("command"), str) for e in lineage):
+        raise _damaged(path, "a lineage entry names no command")
+    if any(t.is_complex() for t in state_dict.values()):
+        raise _damaged(path, "complex-valued weights")
+    _check_resume(payload.get("resume"), path)
     converters = list(payload.get("converters") or [])
     if not all(isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("args") or {}, dict) for c in converters):
         raise _damaged(path, "a converter entry is not {name, args}")

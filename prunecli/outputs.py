@@ -28,10 +28,13 @@ import contextlib
 import errno
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
+from prunecli import _signals
+from prunecli._console import printable
 from prunecli.errors import OptionError, OutputError
 
 _WRITTEN: list[Path] = []
@@ -76,6 +79,14 @@ def why(e: OSError) -> str:
     return named.get(e.errno, (e.strerror or str(e)).lower())
 
 
+def _mode_for(path: Path) -> int:
+    """A replaced file keeps its permissions (never widened); a new one gets 0666 & ~umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
 def _space_note(folder: Path) -> str:
     """Why torch's writer failed: it hides the OSError, so look at the free space."""
     try:
@@ -99,11 +110,12 @@ def atomic_write(path: Path, write) -> Path:
     except OSError as e:
         raise OutputError(f"cannot write {path}: {why(e)}") from None
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        _signals.check()  # a Ctrl-C some library swallowed: do not replace anything after it
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
@@ -124,12 +136,24 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def check_output_path(path: Path) -> None:
-    """The checks that need no lock: a file path without control characters, in a writable folder."""
+    """The checks that need no lock: a regular file path without control characters, in a writable folder."""
+    try:
+        _check_output_path(path)
+    except OSError as e:  # a name too long, a loop of links...
+        raise OutputError(f"cannot write {printable(path)}: {why(e)}") from None
+
+
+def _check_output_path(path: Path) -> None:
     text = str(path)
     if _CONTROL.search(text):
         raise OptionError(f"{{output}} {text!r}: contains a newline or control character; choose a plain file name")
+    if text in ("", ".") or path.name in ("", ".", ".."):
+        raise OptionError(f"{{output}} {text!r}: not a file name")
     if path.is_dir():
         raise OptionError(f"{{output}} {path}: is a folder; give a file path such as {path / 'model.pt'}")
+    if path.exists() and not path.is_file():
+        # a device, FIFO or socket: replacing it (as root, /dev/full) would break the system
+        raise OptionError(f"{{output}} {path}: exists and is not a regular file; choose another path")
     folder = path.parent
     while not folder.exists():
         if folder == folder.parent:
@@ -209,12 +233,14 @@ def claim_output(
     torchrun job other than the one that writes).
     """
     path = Path(path)
+    side = [Path(p) for p in side]
     check_output_path(path)
-    if path.exists() and not overwrite:
-        if resumes is None or not path.samefile(resumes):
-            raise OptionError(
-                f"{{output}} {path} already exists; pass {{overwrite}} to replace it, or write elsewhere"
-            )
+    resuming = resumes is not None and path.exists() and path.samefile(resumes)
+    if not overwrite and not resuming:
+        for existing in (path, *side):
+            if existing.exists():
+                what = f"{path} already exists" if existing == path else f"{path}: {existing.name} beside it already exists"
+                raise OptionError(f"{{output}} {what}; pass {{overwrite}} to replace it, or write elsewhere")
     if not lock:
         yield path
         return

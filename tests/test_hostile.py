@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import os
-import resource
 import signal
 import stat
 import subprocess
@@ -537,3 +535,128 @@ def test_binary_stdin_is_not_echoed(cli):
 def test_error_messages_escape_control_characters(cli, tmp_path):
     r = cli("info", tmp_path / "no\x1b[31mfile.pt")
     assert "\x1b" not in r.stderr and "\\x1b" in r.stderr
+
+
+# ---------------------------------------------------------------------------- found in review
+
+
+def test_a_reused_config_never_carries_overwrite(cli, tmp_path):
+    out = tmp_path / "a.pt"
+    assert cli("train", *TINY, "--epochs", "0", "-o", out, "--overwrite").code == 0
+    text = (tmp_path / "a.config.yaml").read_text()
+    assert "overwrite" not in text
+    assert "already exists" in one_line_error(cli("train", "--config", tmp_path / "a.config.yaml"), 2)
+
+
+def test_side_files_of_another_run_need_overwrite(cli, tmp_path):
+    (tmp_path / "m.metrics.jsonl").write_text('{"epoch": 1}\n')
+    msg = one_line_error(cli("train", *TINY, "--epochs", "0", "-o", tmp_path / "m.pt"), 2)
+    assert "m.metrics.jsonl beside it already exists" in msg
+    assert listing(tmp_path) == ["m.metrics.jsonl"]
+
+
+def test_a_swallowed_ctrl_c_still_stops_the_command(cli, tmp_path, tiny_base, monkeypatch):
+    """Torch-Pruning's tracing retries under a bare except: a Ctrl-C there must not be lost."""
+    from prunecli import _signals
+    from prunecli.surgery.pruner import Pruner
+
+    real = Pruner.plan
+
+    def plan_swallowing_a_ctrl_c(self, *a, **k):
+        try:
+            _signals.handler(signal.SIGINT, None)
+        except:  # noqa: E722 -- what the library does
+            pass
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Pruner, "plan", plan_swallowing_a_ctrl_c)
+    r = cli("prune", tiny_base, "--rate", "0.5", "-o", tmp_path / "p.pt")
+    assert r.code == 130 and r.stderr.strip().splitlines()[-1] == "prunecli: error: interrupted; nothing written"
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda p: p["lineage"][0].update(command=7), "names no command"),
+        (lambda p: p["lineage"].append({}), "names no command"),
+        (lambda p: p["state_dict"].update({k: v.to(torch.complex64) for k, v in list(p["state_dict"].items())[:1]}), "complex-valued"),
+    ],
+)
+def test_more_damaged_fields(cli, tmp_path, tiny_base, edit, expected):
+    p = payload_of(tiny_base)
+    edit(p)
+    bad = write_payload(p, tmp_path / "bad.pt")
+    for command in (("info", bad), ("evaluate", bad, "--no-latency")):
+        assert expected in one_line_error(cli(*command)), command
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [("epoch", "x", "field 'epoch' is 'x'"), ("epoch", -5, "at epoch -5"), ("epoch", 10**30, "resume state at epoch 1000"), ("optimizer", "x", "field 'optimizer'")],
+)
+def test_damaged_resume_states(cli, tmp_path, field, value, expected):
+    run = tmp_path / "run.pt"
+    assert cli("train", *TINY, "--epochs", "1", "-o", run).code == 0
+    p = payload_of(run)
+    p["resume"][field] = value
+    bad = write_payload(p, tmp_path / "bad.pt")
+    assert expected in one_line_error(cli("train", "--resume", bad, "--epochs", "2"))
+
+
+def test_optimizer_state_of_the_wrong_shape(cli, tmp_path):
+    run = tmp_path / "run.pt"
+    assert cli("train", *TINY, "--epochs", "1", "-o", run).code == 0
+    p = payload_of(run)
+    state = p["resume"]["optimizer"]["state"]
+    first = next(iter(state))
+    state[first]["momentum_buffer"] = torch.zeros(3)
+    bad = write_payload(p, tmp_path / "bad.pt")
+    msg = final_error_line(cli("train", "--resume", bad, "--epochs", "2"), 1)
+    assert "resume state does not fit" in msg and "shape (3,)" in msg
+
+
+def test_resume_conflicts(cli, tmp_path):
+    run = tmp_path / "run.pt"
+    assert cli("train", *TINY, "--epochs", "2", "-o", run).code == 0
+    assert "has already trained 2 epochs" in one_line_error(cli("train", "--resume", run, "--epochs", "1"), 2)
+    assert "not both" in one_line_error(cli("finetune", run, "--resume", run), 2)
+
+
+@pytest.mark.parametrize(
+    "args, code, expected",
+    [
+        (["train", "--model", "nope", "--dataset", "synthetic", "--image-size", "8"], 2, "unknown model 'nope'"),
+        (["train", "--dataset", "nope"], 2, "--dataset 'nope': unknown"),
+        (["train", "--model", "conv2", "--model-arg", "foo=1", "--dataset", "synthetic", "--image-size", "8"], 2, "takes no argument 'foo'"),
+        (["train", "--batch-size", "1000000000000"], 2, "--batch-size"),
+    ],
+)
+def test_bad_names_are_usage_errors(cli, tmp_path, args, code, expected):
+    assert expected in one_line_error(cli(*args, "--epochs", "0", "-o", tmp_path / "o.pt"), code)
+    assert listing(tmp_path) == []
+
+
+def test_odd_paths(cli, tmp_path, tiny_base):
+    assert "not a file name" in one_line_error(cli("prune", tiny_base, "--rate", "0.5", "-o", ""), 2)
+    long = tmp_path / ("a" * 5000) / "a.pt"
+    assert "file name too long" in one_line_error(cli("prune", tiny_base, "--rate", "0.5", "-o", long))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert "not a regular file" in one_line_error(cli("info", fifo))
+    assert "not a regular file" in one_line_error(cli("prune", tiny_base, "--rate", "0.5", "-o", fifo, "--overwrite"), 2)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def test_duplicate_config_keys(cli, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 1\nepochs: 2\n")
+    assert "key 'epochs' is given twice (line 2)" in one_line_error(cli("train", "--config", cfg), 2)
+
+
+def test_replacing_a_private_file_keeps_it_private(cli, tmp_path, tiny_base):
+    out = tmp_path / "p.pt"
+    assert cli("prune", tiny_base, "--rate", "0.5", "-o", out).code == 0
+    out.chmod(0o600)
+    assert cli("prune", tiny_base, "--rate", "0.3", "-o", out, "--overwrite").code == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600

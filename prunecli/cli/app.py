@@ -74,16 +74,32 @@ def _interrupted() -> "NoReturn":  # noqa: F821
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Console entry point. Exit codes: 0 ok, 1 error, 2 usage error, 130 interrupted."""
-    from typer.exceptions import TyperException
+    import signal
 
-    from prunecli.config import flag_for
-    from prunecli.errors import OptionError, PruneCliError
-
+    from prunecli import _signals
     from prunecli.outputs import forget_written
 
     debug = os.environ.get("PRUNECLI_DEBUG", "") not in ("", "0")
     command = typer.main.get_command(app)
     forget_written()
+    _signals.reset()
+    previous = _signals.install()
+    try:
+        _run(command, argv, debug)
+    finally:
+        if argv is None:  # the process is ending: a Ctrl-C from here on would only kill it without a word
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        elif previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run(command, argv: Optional[list[str]], debug: bool) -> None:
+    from typer.exceptions import TyperException
+
+    from prunecli import _signals
+    from prunecli.config import flag_for
+    from prunecli.errors import OptionError, PruneCliError
+
     try:
         rv = command.main(args=argv, prog_name="prunecli", standalone_mode=False)
     except typer.Exit as e:
@@ -107,6 +123,8 @@ def main(argv: Optional[list[str]] = None) -> None:
             raise
         _error(e.render(flag_for), e.exit_code)
     except PruneCliError as e:
+        if _signals.interrupted():
+            _interrupted()
         if debug:
             raise
         _error(str(e), e.exit_code)
@@ -118,11 +136,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         os.dup2(devnull, sys.stdout.fileno())
         raise SystemExit(1) from None
     except Exception as e:
+        if _signals.interrupted():  # a Ctrl-C that surfaced as another error (e.g. mid-import)
+            _interrupted()
         if debug:
             raise
         detail = str(e).splitlines()[0] if str(e) else ""
         _error(f"internal error: {type(e).__name__}: {detail} (a bug in prunecli? rerun with PRUNECLI_DEBUG=1 for the traceback)", 1)
-    if rv == 130:  # typer turns Ctrl-C into a return code of 130 without a word
+    if rv == 130 or _signals.interrupted():  # typer's silent 130, or a Ctrl-C some library swallowed
         _interrupted()
     raise SystemExit(rv if isinstance(rv, int) else 0)
 

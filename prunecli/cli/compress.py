@@ -16,7 +16,7 @@ from prunecli.config import CompressConfig
 @options_from(CompressConfig)
 def compress(
     ctx: typer.Context,
-    checkpoint: Annotated[Path, typer.Argument(help="Masked checkpoint ('-' reads the path from stdin).", show_default=False)],
+    checkpoint: Annotated[Path, typer.Argument(help="Masked checkpoint ('-' reads the path from stdin).", show_default=False, readable=False)],
     **options,
 ) -> None:
     """Remove masked channels through the dependency graph; check masked == compressed.

@@ -16,7 +16,7 @@ from prunecli.config import EvaluateConfig
 @options_from(EvaluateConfig)
 def evaluate(
     ctx: typer.Context,
-    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoints ('-' reads a path from stdin).", show_default=False)],
+    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoints ('-' reads a path from stdin).", show_default=False, readable=False)],
     **options,
 ) -> None:
     """Evaluate checkpoints on their test set: top-1/top-5, loss, MACs, params, latency, widths.

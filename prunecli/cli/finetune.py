@@ -16,7 +16,7 @@ from prunecli.errors import UsageError
 @options_from(FinetuneConfig)
 def finetune(
     ctx: typer.Context,
-    checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint to fine-tune ('-' reads the path from stdin).", show_default=False)] = None,
+    checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint to fine-tune ('-' reads the path from stdin).", show_default=False, readable=False)] = None,
     **options,
 ) -> None:
     """Fine-tune a checkpoint on its dataset (or --dataset); pruned weights stay exactly zero.
@@ -27,6 +27,8 @@ def finetune(
     from prunecli.stages import train as stage
 
     given = given_options(ctx, options)
+    if given.get("resume") is not None and checkpoint is not None:
+        raise UsageError("finetune: give a CHECKPOINT to fine-tune or --resume a fine-tuning run, not both")
     if given.get("resume") is not None:
         overrides = {k: v for k, v in given.items() if k not in ("resume", "output")}
         emit_path(stage.resume(Path(given["resume"]), overrides, output=given.get("output")))

@@ -16,7 +16,7 @@ from prunecli.config import InfoConfig
 @options_from(InfoConfig)
 def info(
     ctx: typer.Context,
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint ('-' reads the path from stdin).", show_default=False)],
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint ('-' reads the path from stdin).", show_default=False, readable=False)],
     **options,
 ) -> None:
     """Show a checkpoint's model, dataset, metrics, lineage, structure and (with --layers) layers."""

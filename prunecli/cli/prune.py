@@ -16,7 +16,7 @@ from prunecli.config import PruneConfig
 @options_from(PruneConfig)
 def prune(
     ctx: typer.Context,
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to prune ('-' reads the path from stdin).", show_default=False)],
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to prune ('-' reads the path from stdin).", show_default=False, readable=False)],
     **options,
 ) -> None:
     """Score and select channels (or weights) to remove; write a masked checkpoint.

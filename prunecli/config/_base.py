@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Mapping, Optional, TypeVar
 from prunecli.errors import OptionError
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64-bit seeds
+MAX_BATCH = 1_000_000  # a bound that catches a typo; no GPU holds a million images
 
 PANEL_DATA = "Data"
 PANEL_MODEL = "Model"
@@ -126,6 +127,11 @@ class OptionSpec:
         elif kind is Kind.FLOAT:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
+            if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string: a number to anyone writing it
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
         elif kind is Kind.STR:
             if isinstance(value, str):
                 return value

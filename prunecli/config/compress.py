@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from prunecli.config._base import PANEL_OUT, PANEL_RUN, StageConfig, option
+from prunecli.config._base import MAX_BATCH, PANEL_OUT, PANEL_RUN, StageConfig, option
 
 
 @dataclass(kw_only=True)
@@ -15,7 +15,7 @@ class CompressConfig(StageConfig):
     command = "compress"
 
     # latency of one batch; 32 keeps a CPU measurement of ResNet-50 under a minute
-    batch_size: int = option(32, help="Batch size of the latency measurement.", panel=PANEL_RUN, flags=("-b",), min=1)
+    batch_size: int = option(32, help="Batch size of the latency measurement.", panel=PANEL_RUN, flags=("-b",), min=1, max=MAX_BATCH)
     # the compressed model is what gets deployed; CPU latency is what most users ask about
     device: str = option("cpu", help="auto, cpu, cuda or cuda:N: where latency is measured.", panel=PANEL_RUN)
     latency: bool = option(True, help="Measure latency before and after.", panel=PANEL_RUN)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from prunecli.config._base import PANEL_DATA, PANEL_OUT, PANEL_RUN, StageConfig, option
+from prunecli.config._base import MAX_BATCH, PANEL_DATA, PANEL_OUT, PANEL_RUN, StageConfig, option
 
 
 @dataclass(kw_only=True)
@@ -17,7 +17,7 @@ class EvaluateConfig(StageConfig):
     dataset: Optional[str] = option(None, help="Dataset name (default: each checkpoint's).", panel=PANEL_DATA)
     data: Optional[str] = option(None, help="Dataset root folder (default: the one each checkpoint records).", panel=PANEL_DATA, path=True)
     download: bool = option(False, help="Download CIFAR/MNIST into --data when online.", panel=PANEL_DATA, negatable=False)
-    batch_size: int = option(64, help="Batch size (also of the latency measurement).", panel=PANEL_RUN, flags=("-b",), min=1)
+    batch_size: int = option(64, help="Batch size (also of the latency measurement).", panel=PANEL_RUN, flags=("-b",), min=1, max=MAX_BATCH)
     device: str = option("auto", help="auto, cpu, cuda or cuda:N.", panel=PANEL_RUN)
     workers: int = option(4, help="DataLoader workers for image-folder datasets.", panel=PANEL_RUN, min=0)
     latency: bool = option(True, help="Measure latency (median of timed batches).", panel=PANEL_RUN)

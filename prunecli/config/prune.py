@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from prunecli.config._base import MAX_SEED, PANEL_DATA, PANEL_OUT, PANEL_RUN, PANEL_WHAT, PANEL_WHERE, StageConfig, option
+from prunecli.config._base import MAX_BATCH, MAX_SEED, PANEL_DATA, PANEL_OUT, PANEL_RUN, PANEL_WHAT, PANEL_WHERE, StageConfig, option
 from prunecli.errors import OptionError
 
 
@@ -132,7 +132,7 @@ class PruneConfig(StageConfig):
     data: Optional[str] = option(None, help="Dataset root folder (default: the one the checkpoint records).", panel=PANEL_DATA, path=True)
     # 8 batches of 64: enough for stable Taylor / Fisher rankings on CIFAR-sized nets
     calib_batches: int = option(8, help="Calibration batches for data-driven criteria (taylor, hessian).", panel=PANEL_DATA, min=1)
-    batch_size: int = option(64, help="Calibration batch size.", panel=PANEL_RUN, flags=("-b",), min=1)
+    batch_size: int = option(64, help="Calibration batch size.", panel=PANEL_RUN, flags=("-b",), min=1, max=MAX_BATCH)
     workers: int = option(4, help="DataLoader workers for image-folder datasets.", panel=PANEL_RUN, min=0)
     seed: int = option(0, help="Seed of the calibration batches and of the random criterion.", panel=PANEL_RUN, min=0, max=MAX_SEED)
     # the CPU, as before --device existed: gradients on a GPU (TF32, non-deterministic

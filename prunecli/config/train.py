@@ -12,10 +12,9 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from prunecli.config._base import MAX_SEED, PANEL_DATA, PANEL_MODEL, PANEL_OPT, PANEL_OUT, PANEL_RUN, StageConfig, option
+from prunecli.config._base import MAX_BATCH, MAX_SEED, PANEL_DATA, PANEL_MODEL, PANEL_OPT, PANEL_OUT, PANEL_RUN, StageConfig, option
 from prunecli.errors import OptionError
 from prunecli.limits import MAX_CLASSES, MAX_IMAGE_SIZE
-
 
 MAX_EPOCHS = 100_000
 
@@ -42,7 +41,7 @@ class TrainingOptions(StageConfig):
     # 0.1 from He-normal init. Paper recipes set their own lr.
     # at most 100,000: a bound that catches a typo (--epochs 1e30 from a script) without limiting a real run
     epochs: int = option(15, help="Epochs to train (0 writes the model as initialised).", panel=PANEL_OPT, min=0, max=MAX_EPOCHS)
-    batch_size: int = option(128, help="Batch size (the global batch under torchrun).", panel=PANEL_RUN, flags=("-b",), min=1)
+    batch_size: int = option(128, help="Batch size (the global batch under torchrun).", panel=PANEL_RUN, flags=("-b",), min=1, max=MAX_BATCH)
     optimizer: Optimizer = option(Optimizer.sgd, help="Optimizer.", panel=PANEL_OPT)
     # upper bounds: past them training only diverges (and past 3.4e38 the optimizer's float32 overflows)
     lr: float = option(0.01, help="Base learning rate.", panel=PANEL_OPT, min=0.0, max=1000.0)

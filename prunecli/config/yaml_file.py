@@ -16,10 +16,36 @@ from prunecli.errors import UsageError
 from prunecli.limits import MAX_CONFIG_BYTES, MAX_CONFIG_VALUES, TooLarge, check_plain
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, line: int):
+        super().__init__(key)
+        self.line = line
+
+
+def _loader():
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        """The safe loader, refusing a mapping that repeats a key (YAML keeps the last one silently)."""
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise _DuplicateKey(str(key)[:60], key_node.start_mark.line + 1)
+                if isinstance(key, (str, int, float, bool)):
+                    seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def read_yaml_mapping(path: Path, label: str) -> dict[str, Any]:
     """The mapping in ``path``; `UsageError` starting with ``label`` (e.g. ``--config x.yaml``) otherwise."""
     import yaml
 
+    _UniqueKeyLoader = _loader()
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{label}: is a folder, not a YAML file")
@@ -39,7 +65,9 @@ def read_yaml_mapping(path: Path, label: str) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise UsageError(f"{label}: not a text file (not UTF-8)") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as e:
+        raise UsageError(f"{label}: key {str(e)!r} is given twice (line {e.line}); which one was meant?") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""

@@ -340,6 +340,10 @@ class Trainer:
         state.epoch = int(resume["epoch"])
         state.resumed = True
         state.optimizer.load_state_dict(resume["optimizer"])
+        for param, buffers in state.optimizer.state.items():  # load_state_dict checks counts, not shapes
+            for name, value in buffers.items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                    raise ValueError(f"optimizer state {name!r} of shape {tuple(value.shape)} for a parameter of shape {tuple(param.shape)}")
         state.scheduler.load_state_dict(resume["scheduler"])
         if state.scaler is not None and resume.get("scaler"):
             state.scaler.load_state_dict(resume["scaler"])

@@ -206,7 +206,7 @@ def rebuild(
             skip = state_dict is not None and not is_user_model(spec.name)
             with _initialisation_skipped() if skip else contextlib.nullcontext():
                 model = build_model(spec, where=where)
-    except ModelTooLarge:
+    except (ModelTooLarge, CheckpointError):  # already one line naming the file
         raise
     except PruneCliError as e:
         raise CheckpointError(f"{where}: cannot rebuild its model: {e}") from e

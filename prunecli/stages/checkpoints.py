@@ -127,10 +127,14 @@ def side_paths(output: Path) -> dict[str, Path]:
     }
 
 
+# decisions about one invocation, not options of the run: a reused config must not repeat them
+_ONE_OFF = ("overwrite", "allow-nonfinite", "resume")
+
+
 def write_config(path: Path, command: str, options: dict) -> None:
-    """The resolved options next to an output, as a file ``--config`` reads back."""
+    """The resolved options next to an output, as a file ``--config`` reads back (without one-off flags)."""
     import yaml
 
-    body = yaml.safe_dump(to_plain(options), sort_keys=False)
+    body = yaml.safe_dump(to_plain({k: v for k, v in options.items() if k not in _ONE_OFF}), sort_keys=False)
     text = f"# resolved options of `prunecli {command}`; reuse with --config\n{body}"
     atomic_write(path, lambda f: f.write(text.encode()))

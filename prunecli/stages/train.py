@@ -25,13 +25,14 @@ import torch
 from prunecli._console import log, markup_safe
 from prunecli.checkpoint import Checkpoint, derive, load_checkpoint, resumed, save_checkpoint
 from prunecli.config import FinetuneConfig, TrainConfig, option_specs
-from prunecli.data import DataBundle, get_dataset
+from prunecli.data import DataBundle, get_dataset, list_datasets
 from prunecli.engine.callbacks import BestCheckpoint, InterruptAfterEpoch, MetricsLog
 from prunecli.engine.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown_distributed
 from prunecli.engine.trainer import FitState, Trainer, TrainingDiverged, TrainingInterrupted
 from prunecli.errors import CheckpointError, OptionError, OutputError, PruneCliError
 from prunecli.models import ModelSpec, build_model, is_user_model
 from prunecli.models._registry import user_code_sha256
+from prunecli.models.build import ModelTooLarge
 from prunecli.outputs import claim_output
 from prunecli.stages.checkpoints import check_data_fits_model, data_for_checkpoint, rebuild_model, side_paths, write_config
 
@@ -40,19 +41,28 @@ StageCfg = Union[TrainConfig, FinetuneConfig]
 
 def train(cfg: TrainConfig, *, output: Path) -> Path:
     """Train ``cfg.model`` from scratch on ``cfg.dataset``; returns the checkpoint path."""
+    if cfg.dataset not in list_datasets():  # a bad name is a bad option (exit 2); missing files are not
+        raise OptionError(f"{{dataset}} {cfg.dataset!r}: unknown; valid: {', '.join(list_datasets())}")
     with _stage(cfg, Path(output)) as (dist, device):
         bundle = get_dataset(
             cfg.dataset, root=cfg.data, download=cfg.download, image_size=cfg.image_size, num_classes=cfg.num_classes, seed=cfg.seed
         )
-        spec = ModelSpec(
-            name=cfg.model,
-            in_channels=bundle.spec.in_channels,
-            num_classes=bundle.spec.num_classes,
-            image_size=bundle.spec.image_size,
-            kwargs=dict(cfg.model_args),
-        )
-        torch.manual_seed(cfg.seed)  # model initialisation is part of the seeded run
-        model = build_model(spec)
+        try:
+            spec = ModelSpec(
+                name=cfg.model,
+                in_channels=bundle.spec.in_channels,
+                num_classes=bundle.spec.num_classes,
+                image_size=bundle.spec.image_size,
+                kwargs=dict(cfg.model_args),
+            )
+            torch.manual_seed(cfg.seed)  # model initialisation is part of the seeded run
+            model = build_model(spec)
+        except ValueError as e:
+            raise OptionError(f"{{model}} {cfg.model}: {e}") from None
+        except ModelTooLarge:
+            raise
+        except PruneCliError as e:  # an unknown model or model argument: the command line's fault
+            raise OptionError(str(e)) from None
         extra = {"model_code_sha256": user_code_sha256(spec.name)} if is_user_model(spec.name) else {}
         template = derive(None, "train", cfg.to_options(), model=spec, dataset=bundle.spec, extra=extra)
         return _fit("train", cfg, model, template, bundle, Path(output), dist=dist, device=device)
@@ -99,6 +109,8 @@ def resume(path: Path, overrides: Mapping[str, Any], *, output: Optional[Path] =
                 f"{{{name}}} {getattr(cfg, name)!r}: {path} continues a run of {name} {getattr(before, name)!r}; "
                 "a resumed run keeps it (start a new run to change it)"
             )
+    if cfg.epochs < state["epoch"]:
+        raise OptionError(f"{{epochs}} {cfg.epochs}: {path} has already trained {state['epoch']} epochs; give at least that many (more extends the run)")
     output = Path(output or path)
     # --overwrite is a decision about this invocation's output, not carried over from the run
     overwrite = bool(config_cls.check_options(overrides).get("overwrite", False))
