@@ -69,6 +69,10 @@ class TrainingOptions(StageConfig):
     workers: int = option(4, help="DataLoader workers for image-folder datasets.", panel=PANEL_RUN, min=0)
     # torch.manual_seed takes any 64-bit value; the data order derives from it (prunecli.data.loaders)
     seed: int = option(0, help="Seed of every random choice; on CPU a run is reproducible.", panel=PANEL_RUN, min=0, max=MAX_SEED)
+    # None: the whole training split; a smoke run of a recipe trains one batch per epoch
+    steps_per_epoch: Optional[int] = option(
+        None, help="Train at most N batches per epoch (quick checks, recipe smoke runs).", panel=PANEL_RUN, min=1
+    )
     eval_every: int = option(1, help="Epochs between test evaluations (the last epoch is always evaluated).", panel=PANEL_RUN, min=1)
     resume: Optional[str] = option(
         None, help="Continue an interrupted run from this checkpoint (its options; flags given override).", panel=PANEL_RUN, path=True

@@ -23,11 +23,26 @@ from typing import Any, Callable, Optional
 from prunecli._registry import Registry
 
 _DATASETS: Registry[Callable[..., "DataBundle"]] = Registry("dataset")
+_SHAPES: dict[str, tuple[int, int, Optional[int]]] = {}
 
 
-def register_dataset(name: str):
-    """Register a loader under ``name`` (names may contain dashes: ``fashion-mnist``)."""
+def register_dataset(name: str, *, shape: Optional[tuple[int, int, Optional[int]]] = None):
+    """Register a loader under ``name`` (names may contain dashes: ``fashion-mnist``).
+
+    ``shape``: (channels, image size, classes) of the data as loaded by default, known
+    without reading it (classes None where they depend on the folder): what a recipe
+    check needs to build the architecture a stage would train.
+    """
+    if shape is not None:
+        _SHAPES[name] = shape
     return _DATASETS.decorator(name)
+
+
+def dataset_shape(name: str) -> Optional[tuple[int, int, Optional[int]]]:
+    """The declared (channels, image size, classes) of ``name``; None if not declared."""
+    _import_families()
+    _DATASETS.get(name)  # an unknown name is an error
+    return _SHAPES.get(name)
 
 
 def list_datasets() -> list[str]:

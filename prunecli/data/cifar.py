@@ -78,13 +78,13 @@ _VARIANTS = {
 }
 
 
-@register_dataset("cifar10")
+@register_dataset("cifar10", shape=(3, 32, 10))
 def cifar10(*, root=None, download=False, image_size=None, num_classes=None, seed=0) -> DataBundle:
     """CIFAR-10 from --data DIR in torchvision's format (3x32x32, 10 classes, 50000 train / 10000 test)."""
     return _load_cifar(_VARIANTS["cifar10"], root, download, image_size, num_classes)
 
 
-@register_dataset("cifar100")
+@register_dataset("cifar100", shape=(3, 32, 100))
 def cifar100(*, root=None, download=False, image_size=None, num_classes=None, seed=0) -> DataBundle:
     """CIFAR-100 from --data DIR in torchvision's format (3x32x32, 100 classes, 50000 train / 10000 test)."""
     return _load_cifar(_VARIANTS["cifar100"], root, download, image_size, num_classes)

@@ -17,7 +17,7 @@ _TEST_SIZE = 360  # 20% of 1,797
 _SPLIT_SEED = 0  # the split is fixed, independent of --seed, so every run tests on the same images
 
 
-@register_dataset("digits")
+@register_dataset("digits", shape=(1, _DEFAULT_SIZE, 10))
 def digits(*, root=None, download=False, image_size=None, num_classes=None, seed=0) -> DataBundle:
     """Handwritten digits from scikit-learn (1x16x16, 10 classes, 1437 train / 360 test), offline."""
     from sklearn.datasets import load_digits

@@ -38,13 +38,13 @@ _SPLITS = ("train", "val")
 _LISTED_NAMES = 5  # how many differing class names an error message shows
 
 
-@register_dataset("imagefolder")
+@register_dataset("imagefolder", shape=(3, 224, None))
 def imagefolder(*, root=None, download=False, image_size=None, num_classes=None, seed=0) -> DataBundle:
     """Any image folder: --data DIR with train/<class>/ and val/<class>/ (RGB, 3x224x224 unless --image-size)."""
     return _load_folder("imagefolder", root, download, image_size, num_classes)
 
 
-@register_dataset("imagenet")
+@register_dataset("imagenet", shape=(3, 224, 1000))
 def imagenet(*, root=None, download=False, image_size=None, num_classes=None, seed=0) -> DataBundle:
     """ImageNet (ILSVRC-2012): --data DIR with train/<wnid>/ and val/<wnid>/ (3x224x224, 1000 class folders)."""
     return _load_folder("imagenet", root, download, image_size, num_classes)

@@ -50,13 +50,13 @@ _VARIANTS = {
 }
 
 
-@register_dataset("mnist")
+@register_dataset("mnist", shape=(1, 28, 10))
 def mnist(*, root=None, download=False, image_size=None, num_classes=None, seed=0) -> DataBundle:
     """MNIST handwritten digits from --data DIR in torchvision's format (1x28x28, 10 classes, 60000 / 10000)."""
     return _load_mnist(_VARIANTS["mnist"], root, download, image_size, num_classes)
 
 
-@register_dataset("fashion-mnist")
+@register_dataset("fashion-mnist", shape=(1, 28, 10))
 def fashion_mnist(*, root=None, download=False, image_size=None, num_classes=None, seed=0) -> DataBundle:
     """Fashion-MNIST from --data DIR in torchvision's format (1x28x28, 10 classes, 60000 / 10000)."""
     return _load_mnist(_VARIANTS["fashion-mnist"], root, download, image_size, num_classes)

@@ -11,7 +11,7 @@ _TEST_SIZE = 128
 _DATA_SEED = 1234  # the images do not depend on --seed: one dataset, many training runs
 
 
-@register_dataset("synthetic")
+@register_dataset("synthetic", shape=(3, 32, 10))
 def synthetic(*, root=None, download=False, image_size=None, num_classes=None, seed=0) -> DataBundle:
     """Random class prototypes plus noise (3x32x32, 10 classes unless --image-size/--num-classes)."""
     size = image_size or 32

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-
 from prunecli.engine.trainer import Callback, EnforceMasks, FitState
 from prunecli.errors import OutputError
 from prunecli.outputs import atomic_write, why

@@ -54,7 +54,9 @@ def train_one_epoch(
     after_step: Optional[Callable[[], None]] = None,
     progress=None,
     dist_info: DistInfo = DistInfo(),
+    max_steps: Optional[int] = None,
 ) -> EpochStats:
+    """One pass over ``batches`` (the first ``max_steps`` of them, when given)."""
     model.train()
     # running sums stay on the device: no host sync per step
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -62,7 +64,9 @@ def train_one_epoch(
     seen = 0
     start = time.perf_counter()
     lr = optimizer.param_groups[0]["lr"]
-    for x, y in batches:
+    for step, (x, y) in enumerate(batches):
+        if max_steps is not None and step >= max_steps:
+            break
         with autocast(device, amp_dtype):
             out = model(x)
             loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)

@@ -241,6 +241,8 @@ class Trainer:
 
             net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         optimizer = build_optimizer(cfg, model)
+        # --steps-per-epoch cuts every epoch short (smoke runs); the schedule follows the steps taken
+        steps = min(len(train_batches), cfg.steps_per_epoch) if cfg.steps_per_epoch else len(train_batches)
         scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
         state = FitState(
             cfg=cfg,
@@ -248,7 +250,7 @@ class Trainer:
             device=device,
             dist=dist,
             optimizer=optimizer,
-            scheduler=build_scheduler(cfg, optimizer, len(train_batches)),
+            scheduler=build_scheduler(cfg, optimizer, steps),
             scaler=scaler,
             amp_dtype=amp_dtype,
             callbacks=callbacks,
@@ -293,7 +295,8 @@ class Trainer:
                 torch.manual_seed(epoch_seed(cfg.seed, epoch, stream=4))  # dropout etc.: a function of (seed, epoch)
                 train_batches.set_epoch(epoch)
                 fire("on_epoch_start")
-                with epoch_bar(f"epoch {epoch + 1}/{cfg.epochs}", train_batches.num_samples * world) as bar:
+                images = train_batches.num_samples * world if steps == len(train_batches) else steps * cfg.batch_size
+                with epoch_bar(f"epoch {epoch + 1}/{cfg.epochs}", images) as bar:
                     stats = train_one_epoch(
                         net,
                         train_batches,
@@ -307,6 +310,7 @@ class Trainer:
                         after_step=lambda: fire("after_step"),
                         progress=bar,
                         dist_info=dist,
+                        max_steps=cfg.steps_per_epoch,
                     )
                 if not math.isfinite(stats.loss):  # the loss is all-reduced: every rank stops here together
                     raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: the loss is {stats.loss}", saved_epoch=state.saved_epoch)

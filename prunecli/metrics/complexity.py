@@ -73,3 +73,12 @@ class _PositionalWrapper(nn.Module):
 
     def forward(self, x):
         return self.model(x)
+
+
+def conv_linear_params(model: nn.Module) -> int:
+    """Parameters of the conv and linear layers only (weights and biases).
+
+    The count Li et al. (2017) print: their params columns leave BatchNorm out (with it,
+    ResNet-110's 1,727,962 would read 1.73e6, not the paper's 1.72e6).
+    """
+    return sum(p.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) for p in m.parameters(recurse=False))

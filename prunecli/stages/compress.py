@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from prunecli.checkpoint import save_checkpoint
-from prunecli.outputs import claim_output
 from prunecli.config import CompressConfig
 from prunecli.engine.distributed import resolve_device
 from prunecli.errors import PruneCliError
 from prunecli.metrics.complexity import count_complexity
 from prunecli.metrics.latency import measure_latencies
 from prunecli.models import example_input
+from prunecli.outputs import claim_output
 from prunecli.stages.checkpoints import derive_compressed, load_model
 from prunecli.surgery.equivalence import difference, first_differing_unit, outputs, probe_batch
 from prunecli.surgery.pruner import Pruner

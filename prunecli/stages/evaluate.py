@@ -6,16 +6,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-
 from prunecli.checkpoint import load_checkpoint
 from prunecli.config import EvaluateConfig
 from prunecli.data.loaders import make_batches
 from prunecli.engine.distributed import resolve_device
 from prunecli.engine.loop import evaluate
-from prunecli.stages.checkpoints import data_for_checkpoint, rebuild_model
 from prunecli.metrics.complexity import count_complexity
 from prunecli.metrics.latency import measure_latencies
 from prunecli.metrics.layers import LayerInfo, layer_table
+from prunecli.stages.checkpoints import data_for_checkpoint, rebuild_model
 
 
 @dataclass
