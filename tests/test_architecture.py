@@ -101,3 +101,13 @@ def test_surgery_names_no_model():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("prunecli.models."):
                 assert node.module in ("prunecli.models.layers", "prunecli.models.structure"), (path, node.module)
+
+
+def test_pyproject_lists_every_package():
+    """pyproject.toml lists packages explicitly (recipes/ is mapped in): a new one must be added there."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found <= listed, found - listed
+    assert "prunecli.recipe_files" in listed

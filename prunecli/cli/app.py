@@ -15,6 +15,7 @@ from prunecli.cli.finetune import finetune
 from prunecli.cli.info import info
 from prunecli.cli.list_ import list_
 from prunecli.cli.prune import prune
+from prunecli.cli.recipe import plot, recipe_app
 from prunecli.cli.train import train
 
 app = typer.Typer(
@@ -53,6 +54,8 @@ app.command("finetune")(finetune)
 app.command("evaluate")(evaluate)
 app.command("info")(info)
 app.command("list")(list_)
+app.add_typer(recipe_app, name="recipe")
+app.command("plot")(plot)
 
 
 def _error(message: str, code: int) -> "NoReturn":  # noqa: F821
