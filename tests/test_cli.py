@@ -50,13 +50,13 @@ def test_bad_option_value_is_usage_error(cli):
 
 def test_unknown_model_lists_valid_names_and_writes_nothing(cli, tmp_path):
     out = tmp_path / "x.pt"
-    line = one_line_error(cli("train", "--model", "resnet57", "--epochs", "0", "-o", out))
+    line = one_line_error(cli("train", "--model", "resnet57", "--epochs", "0", "-o", out), 2)
     assert "resnet57" in line and "resnet56" in line and "conv4" in line
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_unknown_dataset(cli, tmp_path):
-    line = one_line_error(cli("train", "--dataset", "cifar11", "--epochs", "0", "-o", tmp_path / "x.pt"))
+    line = one_line_error(cli("train", "--dataset", "cifar11", "--epochs", "0", "-o", tmp_path / "x.pt"), 2)
     assert "cifar11" in line and "cifar10" in line
 
 
@@ -67,7 +67,7 @@ def test_missing_dataset_folder_says_where_it_looked(cli, tmp_path):
 
 
 def test_bad_model_argument(cli, tmp_path):
-    line = one_line_error(cli("train", *TINY, "--model-arg", "depth=3", "--epochs", "0", "-o", tmp_path / "x.pt"))
+    line = one_line_error(cli("train", *TINY, "--model-arg", "depth=3", "--epochs", "0", "-o", tmp_path / "x.pt"), 2)
     assert "depth" in line
 
 

@@ -187,3 +187,18 @@ def test_list_and_plot(cli, tmp_path):
     r = cli("plot", a, b, "-o", out)
     assert r.code == 0 and r.path == out and out.read_bytes()[:4] == b"\x89PNG"
     assert "no readable results.json" in one_line_error(cli("plot", tmp_path, "-o", tmp_path / "x.png"))
+
+
+def test_a_train_stage_can_start_from_an_existing_checkpoint(cli, tmp_path, tiny_base):
+    text = TINY_RECIPE.replace("variables:\n", "variables:\n  checkpoint: null\n").replace(
+        "  - name: base\n    command: train\n", '  - name: base\n    command: train\n    from: "${checkpoint}"\n'
+    )
+    recipe = _tiny(tmp_path, text)
+    run_dir = tmp_path / "run"
+    r = cli("recipe", "run", recipe, "-o", run_dir, "--device", "cpu", "--set", f"checkpoint={tiny_base}")
+    assert r.code == 0, r.stderr
+    assert (run_dir / "base.pt").read_bytes() == tiny_base.read_bytes() and "not trained here" in r.stderr
+    other = tmp_path / "conv4.pt"
+    assert cli("train", "--dataset", "synthetic", "--image-size", "8", "--model", "conv4", "--epochs", "0", "-o", other).code == 0
+    msg = final_error_line(cli("recipe", "run", recipe, "-o", tmp_path / "run2", "--set", f"checkpoint={other}"), 1)
+    assert "its model is 'conv4', the stage trains 'conv2'" in msg

@@ -126,7 +126,7 @@ def _run(command, argv: Optional[list[str]], debug: bool) -> None:
             raise
         _error(e.render(flag_for), e.exit_code)
     except PruneCliError as e:
-        if _signals.interrupted():
+        if _signals.interrupted() and e.exit_code != 130:  # an error after a swallowed Ctrl-C: the Ctrl-C is the cause
             _interrupted()
         if debug:
             raise

@@ -162,6 +162,8 @@ def _run_stage(stage: Stage, options: dict[str, Any], result: RunResult, records
         if not result.output(name).is_file():
             raise RecipeError(f"{result.recipe.path}: stage {stage.name!r}: its input {name}.pt is missing from {run_dir}")
     inputs_sha = _inputs_sha(stage, result)
+    if stage.source is not None and not result.smoke:
+        inputs_sha = [sha256_file(Path(stage.source).expanduser())] if Path(stage.source).expanduser().is_file() else ["missing"]
     plain_options = json.loads(json.dumps(options, default=str))
     record = records.get(stage.name) or {}
     same = record.get("options") == plain_options and record.get("inputs_sha256") == inputs_sha
@@ -188,6 +190,19 @@ def _run_stage(stage: Stage, options: dict[str, Any], result: RunResult, records
     return StageRun(stage.name, stage.command, output, seconds, skipped=False, resumed=bool(resumable))
 
 
+def _import(stage: Stage, source: Path, output: Path, result: RunResult) -> None:
+    """A train stage's ``from:``: copy an existing checkpoint in, if it is the model the stage trains."""
+    ckpt = load_checkpoint(source)
+    cfg = stage.config()
+    if ckpt.model.name != cfg.model:
+        raise RecipeError(
+            f"{result.recipe.path}: stage {stage.name!r}: from {source}: its model is {ckpt.model.name!r}, the stage trains {cfg.model!r}"
+        )
+    data = source.read_bytes()
+    atomic_write(output, lambda f: f.write(data))
+    log(f"{stage.name}: started from {source} (not trained here)")
+
+
 def _interrupted(output: Path, stage: Stage) -> bool:
     """Whether ``output`` is a train/finetune checkpoint with epochs still to run."""
     if stage.command not in ("train", "finetune") or not output.is_file():
@@ -204,6 +219,8 @@ def _execute(stage: Stage, options: dict[str, Any], result: RunResult, output: O
     from prunecli.config import STAGE_CONFIGS
 
     inputs = [result.output(name) for name in stage.inputs]
+    if stage.source is not None and not result.smoke:
+        return _import(stage, Path(stage.source).expanduser(), output, result)
     cfg_cls = STAGE_CONFIGS[stage.command]
     fixed = {"output": str(output), "overwrite": True} if output is not None else {}
     try:

@@ -10,7 +10,10 @@ A recipe has four parts (DESIGN.md, "Recipes"):
 * ``stages``, in order: ``name``, ``command`` (train, prune, compress, finetune,
   evaluate), ``input`` (an earlier stage; default: the previous one that writes a
   checkpoint; evaluate takes ``inputs``, default all of them) and ``options``, which are
-  exactly the command's option names and are checked by the command's own stage config;
+  exactly the command's option names and are checked by the command's own stage config.
+  A train stage may say ``from: ${checkpoint}``: when that variable is set (``--set
+  checkpoint=base.pt``) the run starts from that file instead of training, which must be
+  the model the stage would train;
 * ``expected``: numbers to compare with, each ``{metric, value, tolerance}`` and
   optionally ``stage`` (default: the last checkpoint), ``relative-to`` (the stage a
   reduction is measured from; default: the first) and ``note``. MACs, params and their
@@ -54,7 +57,7 @@ METRIC_UNITS = {
 
 _TOP_KEYS = {"name", "setting", "paper", "source", "hardware", "notes", "variables", "stages", "expected"}
 _PAPER_KEYS = {"title", "authors", "venue", "arxiv", "doi", "url"}
-_STAGE_KEYS = {"name", "command", "input", "inputs", "options", "note"}
+_STAGE_KEYS = {"name", "command", "input", "inputs", "options", "note", "from"}
 _EXPECT_KEYS = {"metric", "value", "tolerance", "stage", "relative-to", "note"}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -88,6 +91,7 @@ class Stage:
     inputs: tuple[str, ...]  # earlier stages whose checkpoints this one reads
     options: dict[str, Any]  # option key -> value, variables substituted, checked by the command's config
     note: str = ""
+    source: Optional[str] = None  # train stages: an existing checkpoint to start from instead of training
 
     @property
     def writes_checkpoint(self) -> bool:
@@ -333,4 +337,11 @@ def _stage(raw: dict, name: str, earlier: list[Stage], variables: dict[str, Any]
     except OptionError as e:
         keys = e.keys
         raise RecipeError(f"{_where(path, name, keys[0].replace('_', '-') if keys else None)}: {e.render(lambda k: k.replace('_', '-'))}") from None
-    return Stage(name=name, command=command, inputs=inputs, options=resolved, note=str(raw.get("note") or ""))
+    source = None
+    if "from" in raw:
+        if command != "train":
+            raise RecipeError(f"{_where(path, name, 'from')}: only a train stage can start from an existing checkpoint")
+        source = substitute(raw["from"], variables, _where(path, name, "from"))
+        if source is not None and not isinstance(source, str):
+            raise RecipeError(f"{_where(path, name, 'from')}: expected a checkpoint path, got {source!r}")
+    return Stage(name=name, command=command, inputs=inputs, options=resolved, note=str(raw.get("note") or ""), source=source or None)
