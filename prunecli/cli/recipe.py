@@ -114,11 +114,13 @@ def list_recipes(json: Annotated[bool, typer.Option("--json", help="Print one JS
         emit_json(rows)
         return
     table = Table(title="shipped recipes (prunecli recipe run NAME)", title_justify="left", show_edge=False, pad_edge=False)
-    for col in ("name", "setting", "paper", "expected"):
-        table.add_column(col)
+    table.add_column("name", no_wrap=True)  # what the user types: never cut
+    table.add_column("setting", ratio=3)
+    table.add_column("paper", ratio=1)
+    table.add_column("expected", ratio=2)
     for row in rows:
         expected = ", ".join(f"{k} {format_value(k.split('@')[0], v)}" for k, v in row["expected"].items())
-        paper = f"{row['paper']} (arXiv:{row['arxiv']}, {row['source']})" if row["paper"] else "-"
+        paper = f"arXiv:{row['arxiv']}" if row["arxiv"] else "-"
         table.add_row(row["name"], row["setting"], paper, expected)
     console().print(table)
 
