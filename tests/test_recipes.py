@@ -202,3 +202,50 @@ def test_a_train_stage_can_start_from_an_existing_checkpoint(cli, tmp_path, tiny
     assert cli("train", "--dataset", "synthetic", "--image-size", "8", "--model", "conv4", "--epochs", "0", "-o", other).code == 0
     msg = final_error_line(cli("recipe", "run", recipe, "-o", tmp_path / "run2", "--set", f"checkpoint={other}"), 1)
     assert "its model is 'conv4', the stage trains 'conv2'" in msg
+
+
+def test_review_findings(cli, tmp_path, tiny_base, monkeypatch):
+    """Found by a review: stale checkpoints never continue; from: checks the architecture; names are
+    checked before any stage runs; evaluate stages are reported."""
+    recipe = _tiny(tmp_path, TINY_RECIPE.replace("variables:\n", "variables:\n  ft: 1\n").replace(
+        'options: {epochs: "${epochs}", batch-size: 64, device: cpu}', 'options: {epochs: "${ft}", batch-size: 64, device: cpu}'))
+    run_dir = tmp_path / "run"
+    r = cli("recipe", "run", recipe, "-o", run_dir, "--device", "cpu")
+    assert r.code == 0 and "stage compare (evaluate)" in r.stderr
+    assert set(json.loads((run_dir / "results.json").read_text())["evaluations"]) == {"compare"}
+    # new options for finetune, interrupted before its first new checkpoint: the old one must not be "continued"
+    import prunecli.engine.trainer as trainer
+
+    real = trainer.train_one_epoch
+
+    def ctrl_c_in_the_first_epoch(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train_one_epoch", ctrl_c_in_the_first_epoch)
+    r = cli("recipe", "run", recipe, "-o", run_dir, "--device", "cpu", "--set", "ft=3")
+    assert r.code == 130 and "no checkpoint was written" in r.stderr
+    monkeypatch.setattr(trainer, "train_one_epoch", real)
+    r = cli("recipe", "run", recipe, "-o", run_dir, "--device", "cpu", "--set", "ft=3")
+    assert r.code == 0, r.stderr
+    assert "continuing" not in r.stderr
+    assert load_checkpoint(run_dir / "finetune.pt").metrics["epoch"] == 3
+    # from: a conv2 of another input size is not the architecture the stage trains
+    other = tmp_path / "other.pt"
+    assert cli("train", "--dataset", "synthetic", "--image-size", "16", "--model", "conv2", "--epochs", "0", "-o", other).code == 0
+    text = TINY_RECIPE.replace("variables:\n", "variables:\n  checkpoint: null\n").replace(
+        "  - name: base\n    command: train\n", '  - name: base\n    command: train\n    from: "${checkpoint}"\n')
+    recipe2 = tmp_path / "from.yaml"
+    recipe2.write_text(text)
+    msg = final_error_line(cli("recipe", "run", recipe2, "-o", tmp_path / "r2", "--set", f"checkpoint={other}"), 1)
+    assert "its image size is 16, the stage trains 8" in msg
+    assert "key 'from': " in one_line_error(cli("recipe", "check", recipe2, "--set", f"checkpoint={tmp_path / 'missing.pt'}"))
+    # unknown names are found at load time, before the base trains
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY_RECIPE.replace("method: l1", "method: bogus"))
+    assert "stage 'prune': key 'method': unknown method 'bogus'" in one_line_error(cli("recipe", "run", bad, "-o", tmp_path / "r3"))
+    assert not (tmp_path / "r3").exists()
+    bad.write_text(TINY_RECIPE.replace("expected:\n  - {metric: macs_reduction, value: 74.0, tolerance: 0.1}\n  - {metric: top1, stage: base, value: 50, tolerance: 50}\n", "expected: 5\n"))
+    assert "key 'expected': expected a list" in one_line_error(cli("recipe", "check", bad))
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert "cannot create the run directory" in one_line_error(cli("recipe", "run", recipe, "-o", afile / "sub"))

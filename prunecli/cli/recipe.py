@@ -50,8 +50,11 @@ def run(
     result = run_recipe(r, run_dir, smoke=smoke, start=start)
     rows = collect_rows(result, device=device)
     compared = compare(r, {row.stage: row for row in rows})
-    write_reports(run_dir, r, rows, compared, smoke=smoke)
+    evaluations = {name: [rep.to_json() for rep in reports] for name, reports in result.evaluations.items()}
+    write_reports(run_dir, r, rows, compared, smoke=smoke, evaluations=evaluations)
     con = console()
+    for name, reports in evaluations.items():
+        con.print(_evaluation_table(name, reports))
     con.print(_results_table(rows))
     if compared:
         title = f"{r.name}: measured vs expected" + (" (smoke run: accuracies are meaningless)" if smoke else "")
@@ -171,6 +174,28 @@ def _timeline(r):
         resolved = cfg.to_options()
         shown = " ".join(f"--{k} {v}" if not isinstance(v, bool) else (f"--{k}" if v else f"--no-{k}") for k, v in resolved.items() if k in s.options)
         t.add_row(str(i), s.name, s.command, ", ".join(s.inputs) or "-", shown or "(defaults)")
+    return t
+
+
+def _evaluation_table(name: str, reports: list[dict]):
+    """An evaluate stage's own measurements (its dataset and options may differ from the final ones)."""
+    from rich.table import Table
+
+    from prunecli._console import markup_safe
+    from prunecli.recipes.report import format_value
+
+    t = Table(title=f"stage {name} (evaluate)", title_justify="left", show_edge=False, pad_edge=False)
+    for col, just in (("checkpoint", "left"), ("dataset", "left"), ("top-1 %", "right"), ("top-5 %", "right"), ("MACs", "right"), ("params", "right")):
+        t.add_column(col, justify=just)
+    for rep in reports:
+        t.add_row(
+            markup_safe(Path(str(rep.get("checkpoint"))).name),
+            markup_safe(rep.get("dataset")),
+            format_value("top1", rep.get("top1")),
+            format_value("top5", rep.get("top5")),
+            format_value("macs", rep.get("macs")),
+            format_value("params", rep.get("params")),
+        )
     return t
 
 

@@ -60,4 +60,31 @@ def load(name_or_path: str | Path, sets: Optional[dict[str, Any]] = None) -> Rec
         data = read_yaml_mapping(path, str(path))
     except UsageError as e:  # a broken recipe is a bad file (exit 1), not a bad command line
         raise RecipeError(str(e)) from None
-    return parse_recipe(data, path, sets)
+    recipe = parse_recipe(data, path, sets)
+    check_names(recipe)
+    return recipe
+
+
+def check_names(recipe: Recipe) -> None:
+    """Models, datasets and methods a stage names exist, and ``from:`` files too: found now, not
+    after hours of training the stages before."""
+    from prunecli.criteria import list_criteria
+    from prunecli.data import list_datasets
+    from prunecli.models import list_models, is_user_model
+
+    def bad(stage, key: str, what: str) -> RecipeError:
+        return RecipeError(f"{recipe.path}: stage {stage.name!r}: key {key!r}: {what}")
+
+    for stage in recipe.stages:
+        cfg = stage.config()
+        if stage.command == "train":
+            if cfg.dataset not in list_datasets():
+                raise bad(stage, "dataset", f"unknown dataset {cfg.dataset!r}; valid: {', '.join(list_datasets())}")
+            if not cfg.model.startswith("tv:") and not is_user_model(cfg.model) and cfg.model not in list_models():
+                raise bad(stage, "model", f"unknown model {cfg.model!r}; prunecli list models shows them")
+            if stage.source is not None and not Path(stage.source).expanduser().is_file():
+                raise bad(stage, "from", f"{stage.source}: no such checkpoint file")
+        if stage.command == "prune" and cfg.method not in list_criteria():
+            raise bad(stage, "method", f"unknown method {cfg.method!r}; valid: {', '.join(list_criteria())}")
+        if stage.command in ("finetune", "prune", "evaluate") and getattr(cfg, "dataset", None) and cfg.dataset not in list_datasets():
+            raise bad(stage, "dataset", f"unknown dataset {cfg.dataset!r}; valid: {', '.join(list_datasets())}")

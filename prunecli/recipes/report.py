@@ -84,7 +84,10 @@ def compare(recipe: Recipe, rows: dict[str, Any], *, architecture_only: bool = F
     return out
 
 
-def write_reports(run_dir: Path, recipe: Recipe, rows: list[Row], compared: list[Compared], *, smoke: bool) -> None:
+def write_reports(
+    run_dir: Path, recipe: Recipe, rows: list[Row], compared: list[Compared], *, smoke: bool, evaluations: Optional[dict[str, list]] = None
+) -> None:
+    """``evaluations``: each evaluate stage's own reports (its dataset and options), as plain data."""
     doc = {
         "recipe": recipe.name,
         "setting": recipe.setting,
@@ -94,6 +97,7 @@ def write_reports(run_dir: Path, recipe: Recipe, rows: list[Row], compared: list
         "variables": recipe.variables,
         "rows": [asdict(r) for r in rows],
         "expected": [asdict(c) for c in compared],
+        "evaluations": evaluations or {},
     }
     text = json.dumps(doc, indent=1, default=str)
     atomic_write(run_dir / RESULTS_JSON, lambda f: f.write(text.encode()))
@@ -113,11 +117,15 @@ def read_rows(run_dir: Path) -> tuple[str, list[dict]]:
     path = Path(run_dir) / RESULTS_JSON
     try:
         doc = json.loads(path.read_text())
-        rows = [r for r in doc["rows"] if isinstance(r, dict)]
+        rows = [r for r in doc["rows"] if isinstance(r, dict) and _numeric(r.get("macs")) and _numeric(r.get("top1"))]
         label = str(doc.get("recipe") or Path(run_dir).name) + (" (smoke)" if doc.get("smoke") else "")
     except (OSError, ValueError, KeyError, TypeError):
         raise PruneCliError(f"{run_dir}: no readable {RESULTS_JSON} (is it a finished recipe run directory?)") from None
     return label, rows
+
+
+def _numeric(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def plot_runs(run_dirs: list[Path], output: Path, *, runs: Optional[list[tuple[str, list]]] = None) -> Path:

@@ -114,7 +114,11 @@ def _read_state(run_dir: Path) -> dict[str, Any]:
         state = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}  # a damaged record only costs re-running stages
-    return state if isinstance(state, dict) else {}
+    if not isinstance(state, dict):
+        return {}
+    stages = state.get("stages")
+    state["stages"] = {k: v for k, v in stages.items() if isinstance(v, dict)} if isinstance(stages, dict) else {}
+    return state
 
 
 def _write_state(run_dir: Path, state: dict[str, Any]) -> None:
@@ -130,12 +134,15 @@ def run_recipe(recipe: Recipe, run_dir: Path, *, smoke: bool = False, start: Opt
     if run_dir.exists() and not run_dir.is_dir():
         raise RecipeError(f"{run_dir}: exists and is not a folder")
     state = _read_state(run_dir)
-    if state and state.get("smoke") != smoke:
+    if isinstance(state.get("smoke"), bool) and state["smoke"] != smoke:
         raise RecipeError(
             f"{run_dir} holds a {'smoke' if state.get('smoke') else 'full'} run of this recipe; "
             f"use another -o for a {'smoke' if smoke else 'full'} run"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RecipeError(f"{run_dir}: cannot create the run directory: {(e.strerror or str(e)).lower()}") from None
     with claim_output(run_dir / STATE_FILE, overwrite=True):  # one runner per run directory
         shutil.copyfile(recipe.path, run_dir / "recipe.yaml") if recipe.path.resolve() != (run_dir / "recipe.yaml").resolve() else None
         state.update(recipe=recipe.name, recipe_sha256=sha256_file(recipe.path), smoke=smoke, variables=recipe.variables)
@@ -172,6 +179,11 @@ def _run_stage(stage: Stage, options: dict[str, Any], result: RunResult, records
         return StageRun(stage.name, stage.command, output, float(record.get("seconds") or 0.0), skipped=True)
 
     resumable = not force and same and record.get("started") and output is not None and _interrupted(output, stage)
+    if not resumable and output is not None:
+        # a checkpoint left from other options or inputs must not be "continued" later: it goes
+        # before the record says this stage started with the new ones
+        for stale in (output, *_side_files(output)):
+            stale.unlink(missing_ok=True)
     records[stage.name] = {"options": plain_options, "inputs_sha256": inputs_sha, "started": True}
     _write_state(run_dir, state)
     log(f"[bold]{stage.name}[/bold]: prunecli {stage.command}{' (continuing the interrupted run)' if resumable else ''}")
@@ -190,14 +202,35 @@ def _run_stage(stage: Stage, options: dict[str, Any], result: RunResult, records
     return StageRun(stage.name, stage.command, output, seconds, skipped=False, resumed=bool(resumable))
 
 
+def _side_files(output: Path) -> list[Path]:
+    from prunecli.stages.checkpoints import side_paths
+
+    return list(side_paths(output).values())
+
+
 def _import(stage: Stage, source: Path, output: Path, result: RunResult) -> None:
-    """A train stage's ``from:``: copy an existing checkpoint in, if it is the model the stage trains."""
+    """A train stage's ``from:``: copy an existing checkpoint in, if it is the architecture the stage trains."""
+    from prunecli.data import dataset_shape
+
     ckpt = load_checkpoint(source)
     cfg = stage.config()
+    where = f"{result.recipe.path}: stage {stage.name!r}: from {source}"
     if ckpt.model.name != cfg.model:
-        raise RecipeError(
-            f"{result.recipe.path}: stage {stage.name!r}: from {source}: its model is {ckpt.model.name!r}, the stage trains {cfg.model!r}"
-        )
+        raise RecipeError(f"{where}: its model is {ckpt.model.name!r}, the stage trains {cfg.model!r}")
+    declared = dataset_shape(cfg.dataset) or (None, None, None)
+    want = {
+        "input channels": declared[0],
+        "image size": cfg.image_size or declared[1],
+        "classes": cfg.num_classes or declared[2],
+    }
+    have = {"input channels": ckpt.model.in_channels, "image size": ckpt.model.image_size, "classes": ckpt.model.num_classes}
+    args = {k: v for k, v in cfg.model_args.items() if k not in ("weights", "weights_backbone")}
+    kwargs = {k: v for k, v in ckpt.model.kwargs.items() if k not in ("weights", "weights_backbone")}
+    for key, value in want.items():
+        if value is not None and have[key] != value:
+            raise RecipeError(f"{where}: its {key} is {have[key]}, the stage trains {value}")
+    if args != kwargs:
+        raise RecipeError(f"{where}: its model arguments are {kwargs}, the stage trains {args}")
     data = source.read_bytes()
     atomic_write(output, lambda f: f.write(data))
     log(f"{stage.name}: started from {source} (not trained here)")

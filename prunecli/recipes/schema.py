@@ -247,7 +247,10 @@ def parse_recipe(data: Any, path: Path, sets: Optional[dict[str, Any]] = None) -
     last_checkpoint = next((s.name for s in reversed(stages) if s.writes_checkpoint), None)
     first_checkpoint = next((s.name for s in stages if s.writes_checkpoint), None)
     expected = []
-    for i, raw in enumerate(data.get("expected") or [], start=1):
+    raw_expected = data.get("expected") or []
+    if not isinstance(raw_expected, list):
+        raise RecipeError(f"{_where(path, key='expected')}: expected a list of {{metric, value, tolerance}} entries")
+    for i, raw in enumerate(raw_expected, start=1):
         where = _where(path, key=f"expected[{i}]")
         raw = _require_mapping(raw, where)
         _check_keys(raw, _EXPECT_KEYS, where)
@@ -264,8 +267,8 @@ def parse_recipe(data: Any, path: Path, sets: Optional[dict[str, Any]] = None) -
             if ref is None or not any(s.name == ref and s.writes_checkpoint for s in stages):
                 raise RecipeError(f"{_where(path, key=f'expected[{i}].{key}')}: {ref!r} is not a stage that writes a checkpoint")
         tolerance = _number(raw["tolerance"], _where(path, key=f"expected[{i}].tolerance"))
-        if tolerance < 0:
-            raise RecipeError(f"{_where(path, key=f'expected[{i}].tolerance')}: must be >= 0")
+        if not 0 <= tolerance < float("inf"):
+            raise RecipeError(f"{_where(path, key=f'expected[{i}].tolerance')}: must be a finite number >= 0")
         expected.append(
             Expectation(
                 metric=metric,
@@ -331,6 +334,8 @@ def _stage(raw: dict, name: str, earlier: list[Stage], variables: dict[str, Any]
             raise RecipeError(f"{where}: `prunecli {command}` has no option {key!r}; its options: {valid}") from None
         if spec.name in RUNNER_OPTIONS:
             raise RecipeError(f"{where}: the recipe runner sets {spec.key} itself (each stage writes <run dir>/<stage>.pt)")
+        if spec.key in resolved:
+            raise RecipeError(f"{where}: the option {spec.key} is given twice (as {key!r} and another spelling)")
         resolved[spec.key] = substitute(value, variables, where)
     try:
         config_cls.from_options(resolved)
