@@ -180,19 +180,10 @@ class OptionSpec:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             raise self._bad(value)
-        import yaml
-
-        out: dict[str, Any] = {}
-        for item in items:
-            key, sep, text = str(item).partition("=")
-            if not sep or not key.strip():
-                raise OptionError(f"{{{self.name}}} {short_repr(item)}: expected KEY=VALUE")
-            try:
-                # values read as YAML scalars: numbers, booleans, strings, lists
-                out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
-            except yaml.YAMLError:
-                out[key.strip()] = text
-        return out
+        try:
+            return key_values(items)
+        except ValueError as e:
+            raise OptionError(f"{{{self.name}}} {e}") from None
 
     def _pattern_rates(self, value: Any) -> list[tuple[str, float]]:
         if isinstance(value, dict):
@@ -252,6 +243,36 @@ class OptionSpec:
         if self.kind is Kind.PATTERN_RATES:
             return [f"{p}={r!r}" for p, r in value]
         return value
+
+
+def key_values(items: list) -> dict[str, Any]:
+    """``KEY=VALUE`` strings as a mapping, values read as YAML scalars (numbers, booleans, lists).
+
+    ValueError names the first item that is not ``KEY=VALUE``. Shared by ``--model-arg``
+    and a recipe's ``--set``.
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{short_repr(item)}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = text
+    return out
+
+
+def overwrite_option() -> Any:
+    """The ``--overwrite`` field every command that writes a checkpoint has."""
+    return option(False, help="Replace an existing file at --output (otherwise refused).", panel=PANEL_OUT, negatable=False)
+
+
+def allow_nonfinite_option() -> Any:
+    """The ``--allow-nonfinite`` field every command that loads weights has."""
+    return option(False, help="Load a checkpoint whose weights hold NaN or Inf (otherwise refused).", panel=PANEL_RUN, negatable=False)
 
 
 _REPR = reprlib.Repr()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from prunecli.config._base import MAX_BATCH, PANEL_OUT, PANEL_RUN, StageConfig, option
+from prunecli.config._base import MAX_BATCH, PANEL_OUT, PANEL_RUN, StageConfig, allow_nonfinite_option, option, overwrite_option
 
 
 @dataclass(kw_only=True)
@@ -24,9 +24,5 @@ class CompressConfig(StageConfig):
     output: Optional[str] = option(
         None, help="Checkpoint to write (its path is the only thing printed on stdout).", panel=PANEL_OUT, flags=("-o",), path=True
     )
-    overwrite: bool = option(
-        False, help="Replace an existing file at --output (otherwise refused).", panel=PANEL_OUT, negatable=False
-    )
-    allow_nonfinite: bool = option(
-        False, help="Load a checkpoint whose weights hold NaN or Inf (otherwise refused).", panel=PANEL_RUN, negatable=False
-    )
+    overwrite: bool = overwrite_option()
+    allow_nonfinite: bool = allow_nonfinite_option()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from prunecli.config._base import MAX_BATCH, PANEL_DATA, PANEL_OUT, PANEL_RUN, StageConfig, option
+from prunecli.config._base import MAX_BATCH, PANEL_DATA, PANEL_OUT, PANEL_RUN, StageConfig, allow_nonfinite_option, option
 
 
 @dataclass(kw_only=True)
@@ -24,7 +24,5 @@ class EvaluateConfig(StageConfig):
     # 15 interleaved batches: a stable median on a shared CPU within a few seconds
     repeats: int = option(15, help="Timed batches per model for latency.", panel=PANEL_RUN, min=1)
     layers: bool = option(True, help="Show per-layer widths.", panel=PANEL_OUT)
-    allow_nonfinite: bool = option(
-        False, help="Load a checkpoint whose weights hold NaN or Inf (otherwise refused).", panel=PANEL_RUN, negatable=False
-    )
+    allow_nonfinite: bool = allow_nonfinite_option()
     json: bool = option(False, help="Print one JSON object on stdout instead of tables.", panel=PANEL_OUT, negatable=False)

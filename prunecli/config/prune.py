@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from prunecli.config._base import MAX_BATCH, MAX_SEED, PANEL_DATA, PANEL_OUT, PANEL_RUN, PANEL_WHAT, PANEL_WHERE, StageConfig, option
+from prunecli.config._base import MAX_BATCH, MAX_SEED, PANEL_DATA, PANEL_OUT, PANEL_RUN, PANEL_WHAT, PANEL_WHERE, StageConfig, allow_nonfinite_option, option, overwrite_option
 from prunecli.errors import OptionError
 
 
@@ -141,12 +141,8 @@ class PruneConfig(StageConfig):
     output: Optional[str] = option(
         None, help="Checkpoint to write (its path is the only thing printed on stdout).", panel=PANEL_OUT, flags=("-o",), path=True
     )
-    overwrite: bool = option(
-        False, help="Replace an existing file at --output (otherwise refused).", panel=PANEL_OUT, negatable=False
-    )
-    allow_nonfinite: bool = option(
-        False, help="Load a checkpoint whose weights hold NaN or Inf (otherwise refused).", panel=PANEL_RUN, negatable=False
-    )
+    overwrite: bool = overwrite_option()
+    allow_nonfinite: bool = allow_nonfinite_option()
 
     def validate(self) -> None:
         super().validate()

@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from prunecli.config._base import MAX_BATCH, MAX_SEED, PANEL_DATA, PANEL_MODEL, PANEL_OPT, PANEL_OUT, PANEL_RUN, StageConfig, option
+from prunecli.config._base import MAX_BATCH, MAX_SEED, PANEL_DATA, PANEL_MODEL, PANEL_OPT, PANEL_OUT, PANEL_RUN, StageConfig, allow_nonfinite_option, option, overwrite_option
 from prunecli.errors import OptionError
 from prunecli.limits import MAX_CLASSES, MAX_IMAGE_SIZE
 
@@ -80,12 +80,8 @@ class TrainingOptions(StageConfig):
     output: Optional[str] = option(
         None, help="Checkpoint to write (its path is the only thing printed on stdout).", panel=PANEL_OUT, flags=("-o",), path=True
     )
-    overwrite: bool = option(
-        False, help="Replace an existing file at --output (otherwise refused).", panel=PANEL_OUT, negatable=False
-    )
-    allow_nonfinite: bool = option(
-        False, help="Load a checkpoint whose weights hold NaN or Inf (otherwise refused).", panel=PANEL_RUN, negatable=False
-    )
+    overwrite: bool = overwrite_option()
+    allow_nonfinite: bool = allow_nonfinite_option()
 
     def validate(self) -> None:
         super().validate()

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from prunecli.config import STAGE_CONFIGS, StageConfig, option_specs
+from prunecli.config._base import key_values
 from prunecli.errors import OptionError, PruneCliError, UsageError
 
 # commands a stage may run; later issues add theirs here
@@ -147,18 +148,10 @@ def _check_keys(mapping: dict, allowed: set[str], where: str) -> None:
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
     """``--set key=value`` items; values read as YAML scalars (numbers, booleans, null, strings)."""
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            out[key.strip()] = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            out[key.strip()] = text
-    return out
+    try:
+        return key_values(items)
+    except ValueError as e:
+        raise UsageError(f"--set {e}") from None
 
 
 def substitute(value: Any, variables: dict[str, Any], where: str) -> Any:
