@@ -235,13 +235,8 @@ def claim_output(
     path = Path(path)
     side = [Path(p) for p in side]
     check_output_path(path)
-    resuming = resumes is not None and path.exists() and path.samefile(resumes)
-    if not overwrite and not resuming:
-        for existing in (path, *side):
-            if existing.exists():
-                what = f"{path} already exists" if existing == path else f"{path}: {existing.name} beside it already exists"
-                raise OptionError(f"{{output}} {what}; pass {{overwrite}} to replace it, or write elsewhere")
     if not lock:
+        _refuse_existing(path, side, overwrite, resumes)
         yield path
         return
     missing = []
@@ -256,6 +251,8 @@ def claim_output(
     before = len(_WRITTEN)
     fd = _lock(path)
     try:
+        # checked under the lock: a run that finished just before this one is seen
+        _refuse_existing(path, side, overwrite, resumes)
         for target in (path, *side):
             for tmp in _stale_temporaries(Path(target)):  # left by a killed writer: we hold the lock now
                 with contextlib.suppress(OSError):
@@ -267,3 +264,14 @@ def claim_output(
             for d in missing:
                 with contextlib.suppress(OSError):
                     d.rmdir()
+
+
+def _refuse_existing(path: Path, side: list[Path], overwrite: bool, resumes: Optional[Path]) -> None:
+    """An existing output (or side file of it) is another run's, unless replaced on purpose or resumed."""
+    resuming = resumes is not None and path.exists() and path.samefile(resumes)
+    if overwrite or resuming:
+        return
+    for existing in (path, *side):
+        if existing.exists():
+            what = f"{path} already exists" if existing == path else f"{path}: {existing.name} beside it already exists"
+            raise OptionError(f"{{output}} {what}; pass {{overwrite}} to replace it, or write elsewhere")

@@ -140,8 +140,8 @@ def test_two_concurrent_trainings_on_one_output(tmp_path):
     procs = [subprocess.Popen([*cmd, "--seed", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
-    assert codes == [0, 1], results
-    loser = next(err for code, err in results if code == 1)
+    assert codes in ([0, 1], [0, 2]), results  # locked out (1), or it found the finished output (2)
+    loser = next(err for code, err in results if code != 0)
     assert "being written by another prunecli run (pid " in loser or "already exists" in loser
     lines = (tmp_path / "run.metrics.jsonl").read_text().splitlines()
     assert [int(line.split('"epoch": ')[1].split(",")[0]) for line in lines] == list(range(1, 31)), "one run's epochs only"
