@@ -217,3 +217,25 @@ def test_finetune_keeps_masked_weights_exactly_zero(cli, tmp_path, tiny_base):
 def test_finetune_on_incompatible_dataset(cli, tmp_path, tiny_base):
     line = one_line_error(cli("finetune", tiny_base, "--dataset", "digits", "--epochs", "0", "-o", tmp_path / "x.pt"))
     assert "digits" in line and "classes" in line or "channels" in line
+
+
+def test_sparsity_bn_drives_batchnorm_scales_to_zero(cli, tmp_path):
+    """Network Slimming's L1 penalty on gamma (Liu et al. 2017): with it, far more scales end near 0."""
+    from prunecli.checkpoint import load_checkpoint
+
+    common = ["--dataset", "synthetic", "--image-size", "8", "--model", "resnet20", "--device", "cpu", "--batch-size", "64",
+              "--epochs", "3", "--lr", "0.1", "--bn-init", "0.05"]
+    plain, sparse = tmp_path / "plain.pt", tmp_path / "sparse.pt"
+    assert cli("train", *common, "-o", plain).code == 0
+    assert cli("train", *common, "--sparsity-bn", "0.05", "-o", sparse).code == 0
+
+    def small_fraction(path):
+        sd = load_checkpoint(path).state_dict
+        gammas = torch.cat([v.flatten() for k, v in sd.items() if k.endswith("bn1.weight") or k.endswith("bn2.weight") or k == "bn1.weight"])
+        return float((gammas.abs() < 1e-2).float().mean())
+
+    assert small_fraction(plain) < 0.1 and small_fraction(sparse) > 0.5, (small_fraction(plain), small_fraction(sparse))
+    # a model without BatchNorm: one line, nothing written
+    r = cli("train", "--dataset", "synthetic", "--image-size", "8", "--model", "conv2", "--epochs", "1", "--sparsity-bn", "1e-4", "-o", tmp_path / "x.pt")
+    assert r.code == 1 and "has no BatchNorm scales" in r.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "x.pt").exists()

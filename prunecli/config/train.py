@@ -69,6 +69,10 @@ class TrainingOptions(StageConfig):
     workers: int = option(4, help="DataLoader workers for image-folder datasets.", panel=PANEL_RUN, min=0)
     # torch.manual_seed takes any 64-bit value; the data order derives from it (prunecli.data.loaders)
     seed: int = option(0, help="Seed of every random choice; on CPU a run is reproducible.", panel=PANEL_RUN, min=0, max=MAX_SEED)
+    # 0: off. The paper uses 1e-4 for VGG and 1e-5 for ResNet-164 / DenseNet-40
+    sparsity_bn: float = option(
+        0.0, help="Network Slimming: L1 penalty LAMBDA on every BatchNorm scale (adds LAMBDA*sign(gamma) to its gradient).", panel=PANEL_OPT, min=0.0, max=1.0
+    )
     # None: the whole training split; a smoke run of a recipe trains one batch per epoch
     steps_per_epoch: Optional[int] = option(
         None, help="Train at most N batches per epoch (quick checks, recipe smoke runs).", panel=PANEL_RUN, min=1
@@ -111,6 +115,8 @@ class TrainConfig(TrainingOptions):
         None, help="Resize images to this size (default: the dataset's).", panel=PANEL_DATA, min=1, max=MAX_IMAGE_SIZE
     )
     num_classes: Optional[int] = option(None, help="Classes of the synthetic dataset.", panel=PANEL_DATA, min=2, max=MAX_CLASSES)
+    # None: the model's own initialisation (gamma = 1); Network Slimming starts from 0.5
+    bn_init: Optional[float] = option(None, help="Initialise every BatchNorm scale to this value (Network Slimming: 0.5).", panel=PANEL_MODEL, min=0.0, max=10.0)
 
 
 @dataclass(kw_only=True)

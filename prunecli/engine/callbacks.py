@@ -13,7 +13,7 @@ from prunecli.engine.trainer import Callback, EnforceMasks, FitState
 from prunecli.errors import OutputError
 from prunecli.outputs import atomic_write, why
 
-__all__ = ["BestCheckpoint", "EnforceMasks", "InterruptAfterEpoch", "MetricsLog"]
+__all__ = ["BNSparsity", "BestCheckpoint", "EnforceMasks", "InterruptAfterEpoch", "MetricsLog", "batchnorm_scales"]
 
 
 class BestCheckpoint(Callback):
@@ -85,6 +85,41 @@ class MetricsLog(Callback):
                     f.write(line)
             except OSError as e:
                 raise OutputError(f"cannot write {self.path}: {why(e)} (the epoch's checkpoint was written)") from None
+
+
+def batchnorm_scales(model) -> list:
+    """The scale (gamma) parameters of the model's affine BatchNorm layers."""
+    from torch import nn
+
+    return [m.weight for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and m.weight is not None]
+
+
+class BNSparsity(Callback):
+    """Network Slimming's sparsity training (Liu et al., ICCV 2017, arXiv:1708.06519, Eq. 1).
+
+    An L1 penalty lambda * sum |gamma| over every BatchNorm scale, applied as its
+    subgradient: lambda * sign(gamma) is added to each gamma's gradient after backward
+    (after unscaling under AMP, before the optimizer step), as the reference's
+    ``updateBN`` does. Under DDP the gradients are already averaged, so every rank adds
+    the same term. Stateless: a resumed run only needs lambda, which its config records.
+    """
+
+    key = "bn_sparsity"
+
+    def __init__(self, lam: float):
+        self.lam = float(lam)
+        self._scales: list = []
+
+    def on_fit_start(self, state: FitState) -> None:
+        self._scales = batchnorm_scales(state.model)
+
+    def after_backward(self, state: FitState) -> None:
+        import torch
+
+        with torch.no_grad():
+            for gamma in self._scales:
+                if gamma.grad is not None:
+                    gamma.grad.add_(torch.sign(gamma), alpha=self.lam)
 
 
 INTERRUPT_ENV = "PRUNECLI_INTERRUPT_AFTER_EPOCH"

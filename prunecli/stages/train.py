@@ -26,7 +26,7 @@ from prunecli._console import log, markup_safe
 from prunecli.checkpoint import Checkpoint, derive, load_checkpoint, resumed, save_checkpoint
 from prunecli.config import FinetuneConfig, TrainConfig, option_specs
 from prunecli.data import DataBundle, get_dataset, list_datasets
-from prunecli.engine.callbacks import BestCheckpoint, InterruptAfterEpoch, MetricsLog
+from prunecli.engine.callbacks import BestCheckpoint, BNSparsity, InterruptAfterEpoch, MetricsLog, batchnorm_scales
 from prunecli.engine.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown_distributed
 from prunecli.engine.trainer import FitState, Trainer, TrainingDiverged, TrainingInterrupted
 from prunecli.errors import CheckpointError, OptionError, OutputError, PruneCliError
@@ -57,6 +57,8 @@ def train(cfg: TrainConfig, *, output: Path) -> Path:
             )
             torch.manual_seed(cfg.seed)  # model initialisation is part of the seeded run
             model = build_model(spec)
+            if cfg.bn_init is not None:
+                _init_batchnorm_scales(model, cfg.bn_init)
         except ValueError as e:
             raise OptionError(f"{{model}} {cfg.model}: {e}") from None
         except ModelTooLarge:
@@ -129,6 +131,16 @@ def resume(path: Path, overrides: Mapping[str, Any], *, output: Optional[Path] =
         return _fit(stage, cfg, model, template, bundle, output, dist=dist, device=device, options=options, resume_state=state)
 
 
+def _init_batchnorm_scales(model: torch.nn.Module, value: float) -> None:
+    """Network Slimming initialises every BatchNorm scale to 0.5 (the reference's --s setting)."""
+    scales = batchnorm_scales(model)
+    if not scales:
+        raise OptionError(f"{{bn_init}} {value}: {type(model).__name__} has no BatchNorm scales")
+    with torch.no_grad():
+        for gamma in scales:
+            gamma.fill_(value)
+
+
 @contextlib.contextmanager
 def _stage(cfg: StageCfg, output: Path, *, resumes: Optional[Path] = None, overwrite: Optional[bool] = None):
     """Processes started, the output claimed before any work (prunecli.outputs); yields (dist, device).
@@ -191,6 +203,10 @@ def _fit(
 
     best = BestCheckpoint(write=lambda state: save_checkpoint(snapshot(state, resumable=False), paths["best"]))
     callbacks = [best, MetricsLog(paths["metrics"])]
+    if cfg.sparsity_bn:
+        if not batchnorm_scales(model):
+            raise PruneCliError(f"--sparsity-bn: {template.model.name} has no BatchNorm scales to make sparse")
+        callbacks.append(BNSparsity(cfg.sparsity_bn))
     interrupt = InterruptAfterEpoch.from_env()
     if interrupt is not None:
         callbacks.append(interrupt)
