@@ -48,6 +48,11 @@ def printable(text: object) -> str:
     return str(text).translate(_CONTROL)
 
 
+def has_control(text: object) -> bool:
+    """Whether ``text`` holds a control character (the ones `printable` escapes)."""
+    return any(ord(c) in _CONTROL for c in str(text))
+
+
 def markup_safe(text: object) -> str:
     """`printable`, and rich's ``[markup]`` escaped: for untrusted strings in rich output."""
     from rich.markup import escape

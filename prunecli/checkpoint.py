@@ -44,6 +44,7 @@ import torch
 
 from prunecli import __version__
 from prunecli._console import printable
+from prunecli.config._base import short_repr
 from prunecli.data._registry import DatasetSpec
 from prunecli.errors import CheckpointError
 from prunecli.limits import MAX_CHECKPOINT_VALUES, TooLarge, check_plain
@@ -339,8 +340,7 @@ def _checked_masks(masks: dict, state_dict: dict, path: Path) -> dict[str, torch
 
 def short(value: Any) -> str:
     """A value from an untrusted file, quoted for one line of error message."""
-    text = repr(value)
-    return printable(text if len(text) <= 80 else text[:77] + "...")
+    return printable(short_repr(value))
 
 
 # resume-state field -> the types it may have (None allowed for those listed with NoneType)

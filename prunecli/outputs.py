@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 from prunecli import _signals
-from prunecli._console import printable
+from prunecli._console import has_control, printable
 from prunecli.errors import OptionError, OutputError
 
 _WRITTEN: list[Path] = []
@@ -132,9 +132,6 @@ def atomic_write(path: Path, write) -> Path:
 
 # ---------------------------------------------------------------------------- claiming an output
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
 def check_output_path(path: Path) -> None:
     """The checks that need no lock: a regular file path without control characters, in a writable folder."""
     try:
@@ -145,7 +142,7 @@ def check_output_path(path: Path) -> None:
 
 def _check_output_path(path: Path) -> None:
     text = str(path)
-    if _CONTROL.search(text):
+    if has_control(text):
         raise OptionError(f"{{output}} {text!r}: contains a newline or control character; choose a plain file name")
     if text in ("", ".") or path.name in ("", ".", ".."):
         raise OptionError(f"{{output}} {text!r}: not a file name")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from prunecli._console import has_control
 from prunecli.errors import PruneCliError
 
 
@@ -25,7 +26,7 @@ def input_checkpoint(path: Path | str) -> Path:
         line = "\x00"
     if not line:
         raise PruneCliError("checkpoint '-': expected a checkpoint path on stdin, got nothing (did the previous command fail?)")
-    if len(line) > 4096 or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in line):
+    if len(line) > 4096 or has_control(line):
         # never echo it: binary stdin would reach the terminal through the message
         raise PruneCliError("checkpoint '-': stdin does not hold a checkpoint path (binary data or control characters)")
     return Path(line)
