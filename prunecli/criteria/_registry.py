@@ -12,8 +12,12 @@ Contract (units are Torch-Pruning dependency groups, see prunecli.surgery.units.
   channel c of the unit is entry c (producers map their filters to unit channels through
   ``Producer.local_idxs`` / ``Producer.root_idxs``). None: this criterion cannot score
   the unit (slimming without a BatchNorm), which is then left whole.
-* ``select_channels(unit, n_prune) -> LongTensor`` -- which n_prune channels to remove;
-  the default removes the lowest scores (ties: lower index first). FPGM-mix overrides it.
+* ``select_channels(unit, n_prune, rate=None) -> LongTensor`` -- which n_prune channels
+  to remove (``rate``: the unit's requested rate); the default removes the lowest scores
+  (ties: lower index first). FPGM-mix overrides it.
+* ``count_rule`` -- how many entries a rate removes in this method's reference code
+  (prunecli.surgery.plan.removed_count): what ``--count-rule reference`` resolves to.
+  ``removed_count(size, rate, rule)`` is the layer-wise count; FPGM-mix overrides it.
 * ``weight_scores(name, param) -> Tensor`` (same shape as ``param``) -- for
   ``--granularity weight``; higher means keep.
 * ``prepare(model, units, calibration)`` -- called once before any scoring; criteria that
@@ -91,6 +95,8 @@ class Criterion:
     needs_data: bool = False
     global_normalizer: Optional[str] = "mean"
     weight_global_normalizer: Optional[str] = None
+    # Li et al.'s int(C * (1 - rate)) kept: the rule of every method whose reference does not say otherwise
+    count_rule: str = "keep-floor"
 
     def __init__(self) -> None:
         pass
@@ -101,8 +107,13 @@ class Criterion:
     def channel_scores(self, unit) -> Optional[torch.Tensor]:
         raise NotImplementedError(f"{self.name} has no channel-level scores")
 
-    def select_channels(self, unit, n_prune: int) -> torch.Tensor:
+    def select_channels(self, unit, n_prune: int, rate: Optional[float] = None) -> torch.Tensor:
         return lowest(self.channel_scores(unit), n_prune)
+
+    def removed_count(self, size: int, rate: float, rule: Optional[str]) -> int:
+        from prunecli.surgery.plan import removed_count
+
+        return removed_count(size, rate, rule)
 
     def weight_scores(self, name: str, param: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} has no weight-level scores")

@@ -40,10 +40,15 @@ class GeometricMedian(Criterion):
     F in [0, 1]): round(F * n) channels with the smallest L2 filter norm go first, then the
     rest by distance sums computed among the norm-surviving filters only, as the reference
     does. Channel granularity only.
+
+    Counts (``--count-rule reference``, the default): the reference removes int(C * r)
+    filters per layer, and FPGM-mix rounds its two shares down separately:
+    int(C * r * F) by norm plus int(C * r * (1 - F)) by distance.
     """
 
     granularities = ("channel",)
     global_normalizer = "mean"
+    count_rule = "remove-floor"
 
     def __init__(self, *, mix_norm: float = 0.0):
         super().__init__()
@@ -54,8 +59,19 @@ class GeometricMedian(Criterion):
     def channel_scores(self, unit) -> torch.Tensor:
         return distance_sums(unit, torch.ones(unit.channels, dtype=torch.bool))
 
-    def select_channels(self, unit, n_prune: int) -> torch.Tensor:
-        n_norm = int(self.mix_norm * n_prune + 0.5)  # round half up; Python's round() is banker's
+    def _norm_count(self, size: int, rate: float) -> int:
+        return int(size * rate * self.mix_norm + 1e-9)
+
+    def removed_count(self, size: int, rate: float, rule) -> int:
+        if self.mix_norm and rule == "remove-floor":  # the reference's two shares, each rounded down
+            return self._norm_count(size, rate) + int(size * rate * (1.0 - self.mix_norm) + 1e-9)
+        return super().removed_count(size, rate, rule)
+
+    def select_channels(self, unit, n_prune: int, rate=None) -> torch.Tensor:
+        if rate is not None and self.mix_norm and n_prune == self.removed_count(unit.channels, rate, "remove-floor"):
+            n_norm = self._norm_count(unit.channels, rate)
+        else:
+            n_norm = int(self.mix_norm * n_prune + 0.5)  # round half up; Python's round() is banker's
         by_norm = lowest(filter_norms(unit, 2), n_norm)
         alive = torch.ones(unit.channels, dtype=torch.bool)
         alive[by_norm] = False

@@ -75,7 +75,9 @@ class L2Norm(_FilterNorm):
     """He et al., "Soft Filter Pruning for Accelerating Deep Convolutional Neural Networks", IJCAI 2018, arXiv:1808.06866.
 
     Filter score = Euclidean norm sqrt(sum w^2) of the filter (SFP's criterion); at weight
-    granularity |w|.
+    granularity |w|. Counts (``--count-rule reference``): SFP's reference removes
+    int(C * r) filters per layer.
     """
 
     p = 2.0
+    count_rule = "remove-floor"

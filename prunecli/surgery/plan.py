@@ -10,9 +10,16 @@ number or a range of them (``16``, ``8-13``: 1-based over conv/linear layers in 
 order, stem = 1, Li et al.'s numbering); it matches a unit when it matches one of the
 unit's producing layers.
 
-Layer-wise, a unit of C channels keeps int(C * (1 - rate)) of them (Li et al.), rounded
-to a multiple of ``round_to``. Globally, scores normalised per unit compete under one
-threshold; no unit is ever emptied.
+How many entries a rate removes is the selection's ``count_rule`` (`removed_count`):
+``keep-floor`` keeps int(C * (1 - rate)) of C (Li et al.), ``remove-floor`` removes
+int(C * rate) (the FPGM and SFP references), ``remove-ceil`` removes ceil(C * rate)
+(open_lth's lottery tickets), ``threshold`` removes int(C * rate) + 1 (Network Slimming's
+reference keeps only scores strictly above the quantile at index int(C * rate); it also
+drops every tie of that quantile, which prunecli does not: on equal scales, such as an
+untrained network's, the ties would empty whole layers). The rule applies per unit layer-wise (default keep-floor), and to the
+eligible total globally (default: round(rate * total)).
+Layer-wise counts are then rounded to a multiple of ``round_to``. Globally, scores
+normalised per unit compete under one threshold; no unit is ever emptied.
 """
 
 from __future__ import annotations
@@ -133,9 +140,36 @@ def resolve(units: list[Target], sel: Selection, *, output_layer: Optional[str],
     return plans
 
 
-def kept_count(channels: int, rate: float, round_to: int, where: str) -> int:
-    """Channels a unit keeps at ``rate``: int(C * (1 - rate)), rounded to a multiple of round_to."""
-    keep = int(channels * (1.0 - rate) + 1e-9)
+COUNT_RULES = ("keep-floor", "remove-floor", "remove-ceil", "threshold")
+
+
+def removed_count(size: int, rate: float, rule: Optional[str] = "keep-floor") -> int:
+    """How many of ``size`` entries ``rate`` removes under ``rule`` (module docstring; None: keep-floor).
+
+    The 1e-9 guards keep float error from moving a count across an integer:
+    16 * (1 - 0.75) is 3.9999999999999996 in floating point, and means 4.
+    """
+    if rate <= 0:
+        return 0
+    if rule in ("keep-floor", None):
+        return size - int(size * (1.0 - rate) + 1e-9)
+    if rule == "remove-floor":
+        return int(size * rate + 1e-9)
+    if rule == "remove-ceil":
+        return math.ceil(size * rate - 1e-9)
+    if rule == "threshold":
+        return int(size * rate + 1e-9) + 1
+    raise ValueError(f"unknown count rule {rule!r}; valid: {', '.join(COUNT_RULES)}")
+
+
+def global_count(total: int, rate: float, rule: Optional[str]) -> int:
+    """Entries one global threshold removes: round(rate * total) unless a rule is given."""
+    return int(round(rate * total)) if rule is None else removed_count(total, rate, rule)
+
+
+def kept_count(channels: int, rate: float, round_to: int, where: str, rule: Optional[str] = "keep-floor") -> int:
+    """Channels a unit keeps at ``rate`` under ``rule``, rounded to a multiple of round_to."""
+    keep = channels - removed_count(channels, rate, rule)
     if round_to > 1 and channels >= round_to:
         keep = min(channels, max(round_to, int(round(keep / round_to)) * round_to))
     if keep < 1:
@@ -157,9 +191,16 @@ def channels_at(unit: Unit, positions: torch.Tensor) -> torch.Tensor:
 
 
 def select_layerwise(
-    plans: list[UnitPlan], pick: Callable[[Unit, int], torch.Tensor], sel: Selection, scores_of: Callable[[Unit], torch.Tensor]
+    plans: list[UnitPlan],
+    pick: Callable[[Unit, int, float], torch.Tensor],
+    sel: Selection,
+    scores_of: Callable[[Unit], torch.Tensor],
+    count: Optional[Callable[[int, float, str], int]] = None,
 ) -> None:
-    """``pick(unit, n) -> indices``: the criterion's choice of n channels to remove.
+    """``pick(unit, n, rate) -> indices``: the criterion's choice of n channels to remove.
+
+    ``count(size, rate, rule)`` is how many a rate removes (default `removed_count`; FPGM-mix
+    counts its two shares separately).
 
     Units with grouped convolutions lose whole positions (the same channel of every
     group), chosen by their mean score; ``scores_of(unit)`` gives the channel scores.
@@ -170,21 +211,62 @@ def select_layerwise(
         u = p.unit
         if u.conv_groups > 1:
             width = p.size // u.conv_groups
-            keep = kept_count(width, p.rate, 1, u.root)
+            keep = kept_count(width, p.rate, 1, u.root, sel.count_rule)
             order = torch.sort(position_scores(u, scores_of(u)), stable=True).indices
             p.prune = channels_at(u, order[: width - keep])
             continue
-        keep = kept_count(p.size, p.rate, math.lcm(sel.round_to, u.multiple), u.root)
-        n = p.size - keep
-        p.prune = pick(u, n) if n > 0 else torch.empty(0, dtype=torch.long)
+        step = math.lcm(sel.round_to, u.multiple)
+        if count is not None and step == 1:
+            n = count(p.size, p.rate, sel.count_rule)
+            if sel.count_rule == "threshold":
+                n = min(n, p.size - 1)  # its + 1 must not empty a layer the rate leaves one channel
+            if n >= p.size:
+                raise OptionError(f"rate {p.rate:g} would leave no channels in {u.root} ({p.size} channels); lower the rate")
+        else:
+            n = p.size - kept_count(p.size, p.rate, step, u.root, sel.count_rule)
+        p.prune = pick(u, n, p.rate) if n > 0 else torch.empty(0, dtype=torch.long)
 
 
-def select_weights_layerwise(plans: list[UnitPlan], scores: dict[int, torch.Tensor]) -> None:
-    """Each layer loses the ``rate`` share of its lowest-scored weights."""
+def select_weights_layerwise(
+    plans: list[UnitPlan], scores: dict[int, torch.Tensor], rule: Optional[str] = None, *, already: Optional[dict[int, torch.Tensor]] = None
+) -> None:
+    """Each layer loses the ``rate`` share of its lowest-scored weights (counted by ``rule``).
+
+    ``already`` (unit index -> flat indices pruned before): those go again, and the rate
+    applies to the rest.
+    """
+    already = already or {}
     for p in plans:
-        if p.status == "prune" and p.rate > 0:
-            keep = kept_count(p.size, p.rate, 1, p.unit.root)
-            p.prune = torch.sort(scores[p.unit.index], stable=True).indices[: p.size - keep]
+        if p.status != "prune":
+            continue
+        gone = already.get(p.unit.index, torch.empty(0, dtype=torch.long))
+        alive = p.size - len(gone)
+        n = alive - kept_count(alive, p.rate, 1, p.unit.root, rule) if p.rate > 0 and alive > 0 else 0
+        s = scores[p.unit.index].clone()
+        s[gone] = -math.inf  # first in the order: the already-pruned entries stay pruned
+        p.prune = torch.sort(s, stable=True).indices[: len(gone) + n]
+        p.rate = len(p.prune) / p.size if len(gone) else p.rate
+
+
+def select_layerwise_remaining(plans: list[UnitPlan], scores: dict[int, torch.Tensor], sel: Selection, already: dict[int, torch.Tensor]) -> None:
+    """Layer-wise channel selection over the alive channels only (``already``: the dead ones).
+
+    Each unit removes its dead channels again plus the rate's count of its alive ones,
+    the lowest channel scores first. The criterion's own ``select_channels`` is not used
+    here: FPGM's distances, for one, would count the dead (zero) filters.
+    """
+    for p in plans:
+        if p.status != "prune":
+            continue
+        u = p.unit
+        gone = already.get(u.index, torch.empty(0, dtype=torch.long))
+        alive = p.size - len(gone)
+        step = math.lcm(sel.round_to, u.multiple) if u.conv_groups == 1 else 1
+        n = alive - kept_count(alive, p.rate, step, u.root, sel.count_rule) if p.rate > 0 else 0
+        s = scores[u.index].clone()
+        s[gone] = -math.inf
+        p.prune = torch.sort(torch.sort(s, stable=True).indices[: len(gone) + n]).values
+        p.rate = len(p.prune) / p.size
 
 
 def normalise(scores: torch.Tensor, how: Optional[str]) -> torch.Tensor:
@@ -204,15 +286,20 @@ def normalise(scores: torch.Tensor, how: Optional[str]) -> torch.Tensor:
     raise ValueError(f"unknown normaliser {how!r}")
 
 
-def select_global(plans: list[UnitPlan], scores: dict[int, torch.Tensor], sel: Selection, normaliser: Optional[str]) -> None:
+def select_global(
+    plans: list[UnitPlan], scores: dict[int, torch.Tensor], sel: Selection, normaliser: Optional[str], *, already: Optional[dict[int, torch.Tensor]] = None
+) -> None:
     """One threshold over all eligible channels; every unit keeps >= max(1, round_to) channels.
 
     A grouped unit competes with its positions (mean normalised score), each of which
-    removes one channel per conv group.
+    removes one channel per conv group. ``already`` (unit index -> dead channels of
+    ungrouped units) are removed again; the rate applies to the alive channels.
     """
+    already = already or {}
     eligible = [p for p in plans if p.status == "prune"]
-    total = sum(p.size for p in eligible)
-    target = int(round((sel.rate or 0.0) * total))
+    gone = {p.unit.index: set(already[p.unit.index].tolist()) if p.unit.conv_groups == 1 and p.unit.index in already else set() for p in eligible}
+    total = sum(p.size - len(gone[p.unit.index]) for p in eligible)
+    target = global_count(total, sel.rate or 0.0, sel.count_rule)
     entries = []  # (score, unit index, slot); a slot is a channel, or a position of a grouped unit
     width, weight = {}, {}
     for p in eligible:
@@ -222,10 +309,10 @@ def select_global(plans: list[UnitPlan], scores: dict[int, torch.Tensor], sel: S
         if g > 1:
             s = position_scores(u, s)
         width[u.index], weight[u.index] = len(s), g
-        entries += [(float(s[c]), u.index, c) for c in range(len(s))]
+        entries += [(float(s[c]), u.index, c) for c in range(len(s)) if c not in gone[u.index]]
     entries.sort()
     by_index = {p.unit.index: p for p in eligible}
-    chosen: dict[int, list[int]] = {i: [] for i in by_index}
+    chosen: dict[int, list[int]] = {i: sorted(gone[i]) for i in by_index}
     floor = {}
     for i, p in by_index.items():
         step = math.lcm(sel.round_to, p.unit.multiple)
@@ -254,23 +341,35 @@ def select_global(plans: list[UnitPlan], scores: dict[int, torch.Tensor], sel: S
         p.rate = len(p.prune) / p.size
 
 
-def select_weights_global(plans: list[UnitPlan], scores: dict[int, torch.Tensor], sel: Selection, normaliser: Optional[str]) -> None:
-    """One threshold over the (normalised) weight scores of every eligible layer; no layer emptied."""
+def select_weights_global(
+    plans: list[UnitPlan], scores: dict[int, torch.Tensor], sel: Selection, normaliser: Optional[str], *, already: Optional[dict[int, torch.Tensor]] = None
+) -> None:
+    """One threshold over the (normalised) weight scores of every eligible layer; no layer emptied.
+
+    ``already`` (unit index -> flat indices pruned before) are removed again and take no
+    part in the threshold: the rate applies to the remaining weights.
+    """
+    already = already or {}
     eligible = [p for p in plans if p.status == "prune"]
     if not eligible:
         return
-    normed = {p.unit.index: normalise(scores[p.unit.index], normaliser) for p in eligible}
-    allv = torch.cat([normed[p.unit.index] for p in eligible])
-    target = int(round((sel.rate or 0.0) * allv.numel()))
-    if target == 0:
-        return
-    threshold = torch.kthvalue(allv, target).values
+    normed, alive = {}, {}
+    for p in eligible:
+        i = p.unit.index
+        normed[i] = normalise(scores[i], normaliser).clone()
+        alive[i] = torch.ones(p.size, dtype=torch.bool)
+        if i in already:
+            alive[i][already[i]] = False
+            normed[i][already[i]] = -math.inf
+    allv = torch.cat([normed[p.unit.index][alive[p.unit.index]] for p in eligible])
+    target = min(global_count(allv.numel(), sel.rate or 0.0, sel.count_rule), allv.numel())
+    threshold = torch.kthvalue(allv, target).values if target > 0 else -math.inf
     for p in eligible:
         s = normed[p.unit.index]
         n = int((s <= threshold).sum())
         cap = p.size - 1
         if sel.max_layer_rate is not None:
             cap = min(cap, int(p.size * sel.max_layer_rate + 1e-9))
-        n = min(n, cap)
+        n = max(min(n, cap), int((~alive[p.unit.index]).sum()))
         p.prune = torch.sort(s, stable=True).indices[:n]
         p.rate = n / p.size

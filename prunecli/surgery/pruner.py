@@ -37,6 +37,7 @@ from prunecli.surgery.plan import (
     resolve,
     select_global,
     select_layerwise,
+    select_layerwise_remaining,
     select_weights_global,
     select_weights_layerwise,
 )
@@ -60,7 +61,9 @@ class Scorer(Protocol):
 
     def channel_scores(self, unit: Unit) -> Optional[torch.Tensor]: ...
 
-    def select_channels(self, unit: Unit, n_prune: int) -> torch.Tensor: ...
+    def select_channels(self, unit: Unit, n_prune: int, rate: Optional[float] = None) -> torch.Tensor: ...
+
+    def removed_count(self, size: int, rate: float, rule: Optional[str]) -> int: ...
 
     def weight_scores(self, name: str, param: torch.Tensor) -> torch.Tensor: ...
 
@@ -158,12 +161,23 @@ class Pruner:
 
     # -- plans
 
-    def plan(self, rate: Optional[float] = None) -> Plan:
-        """The selection's plan (``rate`` replaces its base rate)."""
+    def plan(self, rate: Optional[float] = None, *, remaining: bool = False) -> Plan:
+        """The selection's plan (``rate`` replaces its base rate).
+
+        ``remaining``: rates apply to the entries still alive, and the already-pruned ones
+        (channels whose output is identically zero, weights exactly zero) are removed
+        again without counting: iterative pruning's "p of the remaining weights" per
+        round (Han et al. 2015; Frankle & Carbin 2019).
+        """
         sel = self.selection if rate is None else replace(self.selection, rate=rate)
         if self.granularity == "weight":
-            return self._weight_plan(sel)
-        return self._channel_plan(sel)
+            return self._weight_plan(sel, remaining)
+        return self._channel_plan(sel, remaining)
+
+    def rescore(self) -> None:
+        """Forget the scores: the next plan scores the weights as they are now (re-selection while training)."""
+        self._scores = None
+        self._notes = []
 
     def _needs_criterion(self) -> Scorer:
         if self.criterion is None:
@@ -193,23 +207,33 @@ class Pruner:
         self._scores = scores
         return scores
 
-    def _channel_plan(self, sel: Selection) -> Plan:
+    def _channel_plan(self, sel: Selection, remaining: bool = False) -> Plan:
         criterion = self._needs_criterion()
         scores = self._channel_scores()
         plans = resolve(self.units, sel, output_layer=self.output_layer, linear_layers=self._linear_layers())
         for p in plans:
             if p.status == "prune" and p.unit.index not in scores:
                 p.status, p.reason = "unscored", f"{criterion.name} cannot score it"
+        already = {p.unit.index: dead_channels(p.unit) for p in plans if p.status == "prune"} if remaining else {}
+        already = {i: d for i, d in already.items() if len(d)}
         if sel.scope == "global":
-            select_global(plans, scores, sel, criterion.global_normalizer)
+            select_global(plans, scores, sel, criterion.global_normalizer, already=already)
+        elif already:
+            select_layerwise_remaining(plans, scores, sel, already)
         else:
-            select_layerwise(plans, criterion.select_channels, sel, scores_of=lambda u: scores[u.index])
+            select_layerwise(
+                plans,
+                lambda u, n, r: criterion.select_channels(u, n, rate=r),
+                sel,
+                scores_of=lambda u: scores[u.index],
+                count=criterion.removed_count,
+            )
         for p in plans:
             if p.status == "prune" and len(p.prune) >= p.size:
                 raise PruneCliError(f"pruning would empty {p.unit.root} ({p.size} channels); lower the rate")
         return Plan("channel", plans, rate=sel.rate, notes=list(self._notes))
 
-    def _weight_plan(self, sel: Selection) -> Plan:
+    def _weight_plan(self, sel: Selection, remaining: bool = False) -> Plan:
         criterion = self._needs_criterion()
         layers = layer_weights(self.model)
         if self._scores is None:
@@ -221,10 +245,17 @@ class Pruner:
                 for p in plans
                 if p.status == "prune"
             }
+        already = {}
+        if remaining:
+            for p in plans:
+                if p.status == "prune":
+                    zero = torch.nonzero(p.unit.module.weight.detach().flatten().cpu() == 0).flatten()
+                    if len(zero):
+                        already[p.unit.index] = zero
         if sel.scope == "global":
-            select_weights_global(plans, self._scores, sel, criterion.weight_global_normalizer)
+            select_weights_global(plans, self._scores, sel, criterion.weight_global_normalizer, already=already)
         else:
-            select_weights_layerwise(plans, self._scores)
+            select_weights_layerwise(plans, self._scores, sel.count_rule, already=already)
         note = "weight-level masks keep every shape: compress removes only channels that end up entirely zero"
         return Plan("weight", plans, rate=sel.rate, notes=[note])
 
@@ -286,10 +317,13 @@ class Pruner:
         apply_plan(build_graph(work, self.example, name=self.name), plan)
         return work
 
-    def mask(self, plan: Plan) -> Masked:
-        """Zero what ``plan`` removes, in place: whole dependency groups for channel plans."""
+    def mask(self, plan: Plan, *, apply: bool = True) -> Masked:
+        """Zero what ``plan`` removes, in place: whole dependency groups for channel plans.
+
+        ``apply=False`` only computes the masks (the model is left as it is).
+        """
         if plan.granularity == "weight":
-            return self._mask_weights(plan)
+            return self._mask_weights(plan, apply)
         blocked = [p.unit for p in plan.pruned if p.unit.stat_norms]
         if blocked:
             u = blocked[0]
@@ -304,18 +338,20 @@ class Pruner:
         kept = prune_tracking_entries(work, lambda m: apply_plan(graph, plan))
         check_runs(work, self.example, self.name)
         masks = {n: m for n, m in masks_from_kept(shapes, kept, shapes).items() if not bool(m.all())}
-        apply_masks(self.model, masks)
+        if apply:
+            apply_masks(self.model, masks)
         return Masked(masks=masks, compressed=work, history=[list(h) for h in graph.dg.pruning_history()], kept=kept)
 
     @torch.no_grad()
-    def _mask_weights(self, plan: Plan) -> Masked:
+    def _mask_weights(self, plan: Plan, apply: bool = True) -> Masked:
         masks: Masks = {}
         for p in plan.pruned:
             w = p.unit.module.weight
             m = torch.ones(w.numel(), dtype=torch.bool)
             m[p.prune] = False
             masks[f"{p.unit.root}.weight"] = m.view(w.shape)
-        apply_masks(self.model, masks)
+        if apply:
+            apply_masks(self.model, masks)
         return Masked(masks=masks, compressed=None, history=[], kept={})
 
     def remove(self, plan: Plan) -> Removal:
