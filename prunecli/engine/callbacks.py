@@ -13,7 +13,7 @@ from prunecli.engine.trainer import Callback, EnforceMasks, FitState
 from prunecli.errors import OutputError
 from prunecli.outputs import atomic_write, why
 
-__all__ = ["BNSparsity", "BestCheckpoint", "EnforceMasks", "InterruptAfterEpoch", "MetricsLog", "batchnorm_scales"]
+__all__ = ["BNSparsity", "BestCheckpoint", "EnforceMasks", "InterruptAfterEpoch", "KillDuringEpoch", "MetricsLog", "SaveRewind", "batchnorm_scales"]
 
 
 class BestCheckpoint(Callback):
@@ -122,6 +122,34 @@ class BNSparsity(Callback):
                     gamma.grad.add_(torch.sign(gamma), alpha=self.lam)
 
 
+class SaveRewind(Callback):
+    """Keeps the weights of epoch K (K = 0: the initialisation) for lottery-ticket rewinding.
+
+    Frankle & Carbin (ICLR 2019, arXiv:1803.03635) rewind to the initial weights; Frankle
+    et al. (ICML 2020, arXiv:1912.05671) to an early epoch K. The copy (every parameter
+    and buffer, on the CPU) goes into ``store["rewind"]`` = {"epoch": K, "state_dict": ...},
+    which the stage keeps in the checkpoint's ``extra`` from that epoch on; ``prune
+    --rounds R --rewind init|epoch:K`` reads it. A resumed run past epoch K already has it.
+    """
+
+    key = "save_rewind"
+
+    def __init__(self, epoch: int, store: dict):
+        self.epoch = int(epoch)
+        self.store = store
+
+    def _keep(self, state: FitState) -> None:
+        self.store["rewind"] = {"epoch": self.epoch, "state_dict": {k: v.detach().cpu().clone() for k, v in state.model.state_dict().items()}}
+
+    def on_fit_start(self, state: FitState) -> None:
+        if self.epoch == 0 and not state.resumed:
+            self._keep(state)
+
+    def on_epoch_end(self, state: FitState) -> None:
+        if self.epoch > 0 and state.epoch == self.epoch:
+            self._keep(state)
+
+
 INTERRUPT_ENV = "PRUNECLI_INTERRUPT_AFTER_EPOCH"
 
 
@@ -144,3 +172,30 @@ class InterruptAfterEpoch(Callback):
     def after_save(self, state: FitState) -> None:
         if state.epoch == self.epoch and state.record is not None:
             raise KeyboardInterrupt
+
+
+KILL_ENV = "PRUNECLI_KILL_DURING_EPOCH"
+
+
+class KillDuringEpoch(Callback):
+    """Testing hook: SIGKILL (no cleanup, no handler) in the middle of epoch N (1-based).
+
+    `from_env` builds it from ``PRUNECLI_KILL_DURING_EPOCH=N``: the resume tests kill a run
+    after an epoch's mask re-selection and checkpoint, during the next epoch's steps.
+    """
+
+    key = "kill"
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    @classmethod
+    def from_env(cls) -> Optional["KillDuringEpoch"]:
+        value = os.environ.get(KILL_ENV, "")
+        return cls(int(value)) if value.strip().isdigit() else None
+
+    def after_step(self, state: FitState) -> None:
+        if state.epoch + 1 == self.epoch:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)

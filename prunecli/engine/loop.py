@@ -50,13 +50,19 @@ def train_one_epoch(
     label_smoothing: float = 0.0,
     amp_dtype: Optional[torch.dtype] = None,
     scaler: Optional[torch.amp.GradScaler] = None,
+    loss_hook: Optional[Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = None,
     after_backward: Optional[Callable[[], None]] = None,
     after_step: Optional[Callable[[], None]] = None,
     progress=None,
     dist_info: DistInfo = DistInfo(),
     max_steps: Optional[int] = None,
 ) -> EpochStats:
-    """One pass over ``batches`` (the first ``max_steps`` of them, when given)."""
+    """One pass over ``batches`` (the first ``max_steps`` of them, when given).
+
+    ``loss_hook(inputs, outputs, labels, loss)`` returns the loss to back-propagate in place
+    of the cross-entropy (the Trainer's ``Callback.loss`` chain, e.g. distillation); it runs
+    inside the autocast region, so a teacher it calls sees the student's precision.
+    """
     model.train()
     # running sums stay on the device: no host sync per step
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -70,6 +76,8 @@ def train_one_epoch(
         with autocast(device, amp_dtype):
             out = model(x)
             loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+            if loss_hook is not None:
+                loss = loss_hook(x, out, y, loss)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

@@ -5,6 +5,7 @@ penalties, rewinding, score training, distillation) is a `Callback` on these eve
 
     on_fit_start                      once, before the first epoch
       on_epoch_start                  the epoch's RNG is already seeded
+        loss                          every step: may replace or extend the loss (see below)
         after_backward                every step: gradients ready (unscaled under AMP)
         after_step                    every step: after the optimizer and lr schedule
       on_epoch_end                    the epoch's train stats and (when due) test result are in
@@ -20,8 +21,21 @@ any epoch resumes bit-identically (CPU, fixed seed): randomness is a function of
 epoch) (prunecli.data.loaders), and the optimizer, schedule, scaler and callbacks carry
 their state.
 
+``loss(state, inputs, outputs, labels, loss) -> loss`` runs inside the step's autocast
+region, after the forward pass and before backward: ``loss`` is the cross-entropy (with
+label smoothing) or what the previous callback returned, and the tensor returned is what
+is back-propagated and reported. Callbacks are chained in order. Only callbacks that
+override it are called, and a fit where none does adds nothing to the step (the trainer
+looks once, at fit start). Knowledge distillation (prunecli.engine.distill) is one.
+
 The trainer owns the current masks (``state.masks``): a callback that changes them calls
-``state.set_masks``, and the caller's ``save`` writes ``state.masks`` every epoch.
+``state.set_masks``, and the caller's ``save`` writes ``state.masks`` every epoch. A
+callback that changes which weights are zero without changing the enforced masks (soft
+pruning) calls ``state.masks_changed`` so that results measured before do not compare.
+
+Iterative pruning trains in *cycles* (``cycle_epochs``): at every cycle start after the
+first, the optimizer and the lr schedule start afresh, as each round of lottery-ticket
+training does.
 """
 
 from __future__ import annotations
@@ -79,9 +93,15 @@ class Callback:
 
     def on_epoch_start(self, state: "FitState") -> None: ...
 
+    def loss(self, state: "FitState", inputs: torch.Tensor, outputs: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        """The step's loss, replaced or extended (see the module docstring); the default keeps it."""
+        return loss
+
     def after_backward(self, state: "FitState") -> None: ...
 
     def after_step(self, state: "FitState") -> None: ...
+
+    def before_eval(self, state: "FitState") -> None: ...
 
     def on_epoch_end(self, state: "FitState") -> None: ...
 
@@ -146,6 +166,7 @@ class FitState:
     scaler: Optional[torch.amp.GradScaler]
     amp_dtype: Optional[torch.dtype]
     callbacks: list[Callback]
+    channels_last: bool = False  # the model and the batches are in channels_last memory format
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     masks_version: int = 0  # bumped by set_masks: what was measured before no longer compares
     epoch: int = 0  # epochs completed
@@ -157,6 +178,9 @@ class FitState:
     record: Optional[dict[str, Any]] = None  # this epoch's metrics line
     saved_epoch: Optional[int] = None  # the last epoch a checkpoint holds
     seconds: float = 0.0  # wall time of fit's epochs
+    epochs: int = 0  # the run's length (epochs in all, every cycle counted)
+    train_batches: Any = None  # this rank's training batches of the current epoch (re-iterable)
+    max_steps: Optional[int] = None  # --steps-per-epoch
 
     @property
     def is_main(self) -> bool:
@@ -164,6 +188,10 @@ class FitState:
 
     def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
         self.masks = dict(masks)
+        self.masks_version += 1
+
+    def masks_changed(self) -> None:
+        """The pruned entries changed (a soft re-selection) while the enforced masks did not."""
         self.masks_version += 1
 
     def resume_state(self) -> dict[str, Any]:
@@ -191,10 +219,22 @@ def amp_dtype_for(cfg: TrainingOptions, device: torch.device) -> Optional[torch.
 class Trainer:
     """Runs ``cfg.epochs`` epochs of training with callbacks; see the module docstring."""
 
-    def __init__(self, cfg: TrainingOptions, *, device: Optional[torch.device] = None, dist: DistInfo = DistInfo()):
+    def __init__(
+        self,
+        cfg: TrainingOptions,
+        *,
+        device: Optional[torch.device] = None,
+        dist: DistInfo = DistInfo(),
+        epochs: Optional[int] = None,
+        cycle_epochs: Optional[int] = None,
+    ):
+        """``epochs``: the run's length (default ``cfg.epochs``); ``cycle_epochs``: restart
+        the optimizer and the lr schedule (built for ``cfg.epochs``) every that many epochs."""
         self.cfg = cfg
         self.dist = dist
         self.device = device if device is not None else resolve_device(cfg.device, dist.local_rank)
+        self.epochs = cfg.epochs if epochs is None else int(epochs)
+        self.cycle = cycle_epochs
 
     def fit(
         self,
@@ -214,7 +254,7 @@ class Trainer:
         there is nothing to train). ``resume`` is a `FitState.resume_state` from a saved
         run; the model must already hold that run's weights.
         """
-        cfg, device, dist = self.cfg, self.device, self.dist
+        cfg, device, dist, epochs = self.cfg, self.device, self.dist, self.epochs
         world = dist.world_size
         check_global_batch(cfg, world)
         amp_dtype = amp_dtype_for(cfg, device)
@@ -254,8 +294,13 @@ class Trainer:
             scaler=scaler,
             amp_dtype=amp_dtype,
             callbacks=callbacks,
+            channels_last=channels_last,
             masks=dict(masks or {}),
+            epochs=epochs,
+            train_batches=train_batches,
+            max_steps=cfg.steps_per_epoch,
         )
+        loss_hook = _loss_hook(callbacks, state)  # None unless a callback overrides Callback.loss
         if resume:
             try:
                 self._restore(state, resume)
@@ -271,7 +316,7 @@ class Trainer:
             f"{label} on {data.spec.name} ({len(data.train):,} train / {len(data.test):,} test images, {n_params:,} params) "
             f"on {device}{f' x{world}' if world > 1 else ''}"
             f"{', AMP ' + str(amp_dtype).replace('torch.', '') if amp_dtype else ''}"
-            f"{', channels_last' if channels_last else ''}; epochs {state.epoch}->{cfg.epochs}"
+            f"{', channels_last' if channels_last else ''}; epochs {state.epoch}->{epochs}"
         )
 
         def fire(event: str) -> None:
@@ -291,21 +336,27 @@ class Trainer:
         if state.resumed:
             state.saved_epoch = start
         try:
-            for epoch in range(start, cfg.epochs):
+            for epoch in range(start, epochs):
                 torch.manual_seed(epoch_seed(cfg.seed, epoch, stream=4))  # dropout etc.: a function of (seed, epoch)
                 train_batches.set_epoch(epoch)
+                if self.cycle and epoch > 0 and epoch % self.cycle == 0:
+                    # a new cycle (round): fresh optimizer state and lr schedule; a resumed
+                    # run restored them from the checkpoint when it starts mid-cycle
+                    state.optimizer = build_optimizer(cfg, model)
+                    state.scheduler = build_scheduler(cfg, state.optimizer, steps)
                 fire("on_epoch_start")
                 images = train_batches.num_samples * world if steps == len(train_batches) else steps * cfg.batch_size
-                with epoch_bar(f"epoch {epoch + 1}/{cfg.epochs}", images) as bar:
+                with epoch_bar(f"epoch {epoch + 1}/{epochs}", images) as bar:
                     stats = train_one_epoch(
                         net,
                         train_batches,
-                        optimizer,
+                        state.optimizer,
                         state.scheduler,
                         device=device,
                         label_smoothing=cfg.label_smoothing,
                         amp_dtype=amp_dtype,
                         scaler=scaler,
+                        loss_hook=loss_hook,
                         after_backward=lambda: fire("after_backward"),
                         after_step=lambda: fire("after_step"),
                         progress=bar,
@@ -315,7 +366,8 @@ class Trainer:
                 if not math.isfinite(stats.loss):  # the loss is all-reduced: every rank stops here together
                     raise TrainingDiverged(f"training diverged in epoch {epoch + 1}: the loss is {stats.loss}", saved_epoch=state.saved_epoch)
                 state.epoch, state.train_stats = epoch + 1, stats
-                state.evaluated = (epoch + 1) % max(1, cfg.eval_every) == 0 or epoch + 1 == cfg.epochs
+                fire("before_eval")
+                state.evaluated = (epoch + 1) % max(1, cfg.eval_every) == 0 or epoch + 1 == epochs
                 if state.evaluated:
                     state.last_eval = evaluate(model, test_batches, device=device, amp_dtype=amp_dtype, dist_info=dist)
                     state.eval_masks_version = state.masks_version
@@ -330,7 +382,7 @@ class Trainer:
                 saved_epoch=state.saved_epoch,
             ) from None
 
-        if start >= cfg.epochs:  # --epochs 0, or resuming a finished run: record the model as it is
+        if start >= epochs:  # --epochs 0, or resuming a finished run: record the model as it is
             state.evaluated, state.record = True, None
             state.last_eval = evaluate(model, test_batches, device=device, amp_dtype=amp_dtype, dist_info=dist)
             state.eval_masks_version = state.masks_version
@@ -360,6 +412,23 @@ class Trainer:
                 cb.load_state_dict(stored[cb.state_key()])
 
 
+def _loss_hook(callbacks: Sequence[Callback], state: FitState) -> Optional[Callable[..., torch.Tensor]]:
+    """The ``loss`` events of the callbacks that override it, chained; None when none does.
+
+    Decided once per fit, so plain training runs the step without any extra call.
+    """
+    hooks = [cb.loss for cb in callbacks if type(cb).loss is not Callback.loss]
+    if not hooks:
+        return None
+
+    def chained(inputs: torch.Tensor, outputs: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        for hook in hooks:
+            loss = hook(state, inputs, outputs, labels, loss)
+        return loss
+
+    return chained
+
+
 def _record(state: FitState) -> dict[str, Any]:
     stats, ev = state.train_stats, state.last_eval
     record = {
@@ -379,6 +448,6 @@ def _epoch_line(state: FitState) -> str:
     stats, ev = state.train_stats, state.last_eval
     test = f"  test {ev.top1:6.2f}% (top-5 {ev.top5:6.2f}%)" if ev is not None else ""
     return (
-        f"epoch {state.epoch:>3}/{state.cfg.epochs}  loss {stats.loss:.4f}  train {stats.top1:6.2f}%{test}  "
+        f"epoch {state.epoch:>3}/{state.epochs}  loss {stats.loss:.4f}  train {stats.top1:6.2f}%{test}  "
         f"lr {stats.lr:.4g}  {stats.images_per_s:,.0f} img/s  {stats.seconds:.1f}s"
     )
