@@ -25,7 +25,7 @@ from prunecli.config import PruneConfig, TrainConfig
 from prunecli.config._base import Kind, option_specs
 
 # options a fuzzed run must not take: where it writes, what it reads, how long it runs
-_LEFT_OUT = {"output", "resume", "config", "data", "download", "device", "overwrite", "epochs", "dataset", "model", "model_args", "workers"}
+_LEFT_OUT = {"output", "resume", "config", "data", "download", "device", "overwrite", "epochs", "dataset", "model", "model_args", "workers", "teacher", "arch_from"}
 _NASTY_STRINGS = ["", " ", "-", "--", "\x1b[2J", "a\nb", "é€😀", "../../etc/passwd", "*", "0", "-1", "1e999", "nan", "x" * 300]
 
 

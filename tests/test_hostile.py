@@ -142,7 +142,7 @@ def test_two_concurrent_trainings_on_one_output(tmp_path):
     codes = sorted(code for code, _ in results)
     assert codes in ([0, 1], [0, 2]), results  # locked out (1), or it found the finished output (2)
     loser = next(err for code, err in results if code != 0)
-    assert "being written by another prunecli run (pid " in loser or "already exists" in loser
+    assert "being written by another prunecli run" in loser or "already exists" in loser  # its pid may not be written yet
     lines = (tmp_path / "run.metrics.jsonl").read_text().splitlines()
     assert [int(line.split('"epoch": ')[1].split(",")[0]) for line in lines] == list(range(1, 31)), "one run's epochs only"
 

@@ -1,5 +1,6 @@
-"""Pruning algorithms: when and how pruning happens (one-shot; soft, gradual, iterative,
-learned, reconstruction and block-by-block come with the training-time issues). See
+"""Pruning algorithms: when and how pruning happens. One-shot (one_shot.py); while training:
+soft re-selection, SFP/FPGM (soft.py), gradual AGP (gradual.py), iterative rounds with
+rewinding, lottery tickets (iterative.py); the shared callback is in _training.py. See
 `_registry` for the contract; criteria (what scores a structure) are in prunecli.criteria.
 """
 

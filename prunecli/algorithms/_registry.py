@@ -54,13 +54,15 @@ class Algorithm:
     name: str = ""
     # what `prunecli list methods` says about the criteria this algorithm takes
     criteria_note: str = "any criterion"
+    # whether it prunes while training (prune --epochs N): its `callback` builds the Trainer callback
+    trains: bool = False
 
     def accepts(self, criterion: Criterion) -> Optional[str]:
         """None if ``criterion`` fits this algorithm, else why it does not."""
         return None
 
 
-_MODULES = ("one_shot",)
+_MODULES = ("one_shot", "soft", "gradual", "iterative")
 
 
 def _import_algorithms() -> None:

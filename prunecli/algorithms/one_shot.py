@@ -10,6 +10,9 @@ from __future__ import annotations
 from typing import Optional
 
 from prunecli.algorithms._registry import Algorithm, register_algorithm
+from prunecli.algorithms._training import MakePruner, PruningCallback
+from prunecli.engine.trainer import FitState
+from prunecli.surgery.masks import combine
 from prunecli.surgery.plan import Plan
 from prunecli.surgery.pruner import Pruner
 
@@ -26,3 +29,30 @@ class OneShot(Algorithm):
 
     def plan(self, pruner: Pruner, *, target_macs: Optional[float] = None) -> Plan:
         return pruner.plan_for_macs(target_macs) if target_macs is not None else pruner.plan()
+
+
+class OneShotCallback(PruningCallback):
+    """``prune --epochs N`` without --soft/--prune-schedule/--rounds: select once before the
+    first epoch, then train with the masks enforced (prune and fine-tune in one stage)."""
+
+    key = "one_shot_pruning"
+
+    def __init__(self, make_pruner: MakePruner, *, target_macs: Optional[float] = None):
+        super().__init__(make_pruner)
+        self.target_macs = target_macs
+
+    def on_fit_start(self, state: FitState) -> None:
+        super().on_fit_start(state)
+        if state.resumed:
+            return
+        if self.target_macs is not None:
+            was = state.model.training
+            state.model.eval()
+            try:
+                plan = self.pruner.plan_for_macs(self.target_macs)
+                masked = self.pruner.mask(plan)
+            finally:
+                state.model.train(was)
+        else:
+            masked = self.select(state)
+        state.set_masks(combine(self.base, masked.masks))

@@ -64,6 +64,9 @@ def _print_info(s: dict, table, show_layers: bool) -> None:
     if s["resume"]:
         r = s["resume"]
         t.add_row("resume", f"{r['stage']} at epoch {r['epoch']}/{r['epochs']}")
+    if s.get("rewind_epoch") is not None:
+        k = s["rewind_epoch"]
+        t.add_row("rewind weights", f"epoch {k} ({'the initialisation; ' if k == 0 else ''}prune --rounds R --rewind {'init' if k == 0 else f'epoch:{k}'})")
     con.print(t)
 
     lin = Table(title="lineage", title_justify="left", show_edge=False, pad_edge=False)

@@ -49,7 +49,7 @@ def _algorithm_rows() -> list[dict]:
     for name in list_algorithms():
         algorithm = get_algorithm(name)
         accepted = [c for c in list_criteria() if algorithm.accepts(get_criterion(c)) is None]
-        rows.append({"name": name, "description": algorithm_description(name), "criteria": accepted})
+        rows.append({"name": name, "description": algorithm_description(name), "criteria": accepted, "while_training": algorithm.trains})
     return rows
 
 
@@ -108,11 +108,12 @@ def _print_rows(rows: list[dict], what: What) -> None:
         out.print()
         rows = _algorithm_rows()
     algorithms = Table(title="algorithms: when and how pruning happens", title_justify="left", show_edge=False, pad_edge=False)
-    for col in ("name", "criteria it takes", "what"):
+    for col in ("name", "criteria it takes", "while training", "what"):
         algorithms.add_column(col, style="bold" if col == "name" else None)
     from prunecli.criteria import list_criteria
 
     every = len(list_criteria())
     for r in rows:
-        algorithms.add_row(r["name"], "any" if len(r["criteria"]) == every else ", ".join(r["criteria"]), r["description"])
+        when = "prune --epochs N" if r["while_training"] else ""
+        algorithms.add_row(r["name"], "any" if len(r["criteria"]) == every else ", ".join(r["criteria"]), when, r["description"])
     out.print(algorithms)

@@ -3,34 +3,56 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from prunecli.cli._common import emit_path, input_checkpoint, output_next_to
-from prunecli.cli._options import config_from, options_from
+from prunecli.cli._options import config_from, given_options, options_from
 from prunecli.cli._render import human
 from prunecli.config import PruneConfig
+from prunecli.errors import UsageError
 
 
 @options_from(PruneConfig)
 def prune(
     ctx: typer.Context,
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint to prune ('-' reads the path from stdin).", show_default=False, readable=False)],
+    checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint to prune ('-' reads the path from stdin).", show_default=False, readable=False)] = None,
     **options,
 ) -> None:
     """Score and select channels (or weights) to remove; write a masked checkpoint.
 
     The mask zeroes whole dependency groups (a channel in every coupled layer), so the
-    masked model computes what `prunecli compress` will produce.
+    masked model computes what `prunecli compress` will produce. Counts follow each
+    method's reference code (--count-rule reference): l1 keeps int(C*(1-r)) as Li et al.,
+    l2 and geomedian remove int(C*r) as SFP and FPGM, magnitude ceil(n*r), slimming
+    int(N*r)+1.
+
+    With --epochs N it prunes while training, with finetune's training options:
+    --soft (SFP; FPGM with geomedian --mask-grads), --prune-schedule agp (gradual), or
+    --rounds R [--rewind init|epoch:K] (iterative, lottery tickets); without them it
+    selects once and trains with the masks enforced. --resume continues a killed run.
     """
+    from prunecli.stages import train as training
     from prunecli.stages.prune import prune_checkpoint
 
+    given = given_options(ctx, options)
+    if given.get("resume") is not None:
+        if checkpoint is not None:
+            raise UsageError("prune: give a CHECKPOINT to prune or --resume a pruning run, not both")
+        overrides = {k: v for k, v in given.items() if k not in ("resume", "output")}
+        emit_path(training.resume(Path(given["resume"]), overrides, output=given.get("output"), stage="prune"))
+        return
+    if checkpoint is None:
+        raise UsageError("prune: give a CHECKPOINT to prune (or --resume a pruning run)")
     cfg = config_from(ctx, PruneConfig, options)
     source = input_checkpoint(checkpoint)
-    report = prune_checkpoint(source, cfg, output=output_next_to(source, "compressed" if cfg.compress else "pruned", cfg.output))
-    _print_report(report)
-    emit_path(report.output)
+    result = prune_checkpoint(source, cfg, output=output_next_to(source, "compressed" if cfg.compress else "pruned", cfg.output))
+    if isinstance(result, Path):  # pruned while training: the per-epoch log said it all
+        emit_path(result)
+        return
+    _print_report(result)
+    emit_path(result.output)
 
 
 def _print_report(r) -> None:

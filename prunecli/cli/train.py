@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from prunecli.cli._common import emit_path
+from prunecli.cli._common import emit_path, output_next_to
 from prunecli.cli._options import config_from, given_options, options_from
 from prunecli.config import TrainConfig
 
@@ -31,4 +31,7 @@ def train(ctx: typer.Context, **options) -> None:
         emit_path(stage.resume(Path(given["resume"]), overrides, output=given.get("output")))
         return
     cfg = config_from(ctx, TrainConfig, options)
+    if cfg.arch_from is not None:  # a scratch baseline: beside the architecture it retrains (small.scratch.pt)
+        emit_path(stage.train(cfg, output=output_next_to(Path(cfg.arch_from), "scratch", cfg.output)))
+        return
     emit_path(stage.train(cfg, output=Path(cfg.output) if cfg.output else default_output(cfg.model, cfg.dataset)))

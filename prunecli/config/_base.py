@@ -44,6 +44,7 @@ PANEL_RUN = "Runtime"
 PANEL_OUT = "Output"
 PANEL_WHAT = "What to prune"
 PANEL_WHERE = "Which layers"
+PANEL_WHEN = "Pruning while training"
 
 
 @dataclass(frozen=True)

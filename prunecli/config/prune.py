@@ -1,5 +1,9 @@
 """Options of ``prunecli prune``, and `Selection`: how much to prune, and where.
 
+``prune`` takes every option of ``finetune`` (it is a subclass of `FinetuneConfig`):
+with ``--epochs N`` it prunes *while* training for N epochs (soft, gradual or iterative
+pruning, prunecli.algorithms); with the default ``--epochs 0`` it prunes once.
+
 `Selection` is the part the Pruner reads (prunecli.surgery.pruner); it is plain data and
 validates itself, so a library caller building ``Selection(rate=0.4)`` gets the same
 checks as ``--rate 0.4``. Rates are always fractions *removed*.
@@ -12,7 +16,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from prunecli.config._base import MAX_BATCH, MAX_SEED, PANEL_DATA, PANEL_OUT, PANEL_RUN, PANEL_WHAT, PANEL_WHERE, StageConfig, allow_nonfinite_option, option, overwrite_option
+import re
+
+from prunecli.config._base import MAX_BATCH, PANEL_DATA, PANEL_OPT, PANEL_RUN, PANEL_WHAT, PANEL_WHEN, PANEL_WHERE, option
+from prunecli.config.train import MAX_EPOCHS, FinetuneConfig
 from prunecli.errors import OptionError
 
 
@@ -24,6 +31,32 @@ class Granularity(str, enum.Enum):
 class Scope(str, enum.Enum):
     layerwise = "layerwise"
     global_ = "global"
+
+
+class CountRule(str, enum.Enum):
+    """How many entries a rate removes (prunecli.surgery.plan.removed_count)."""
+
+    reference = "reference"  # the method's own reference code's rule (Criterion.count_rule)
+    keep_floor = "keep-floor"
+    remove_floor = "remove-floor"
+    remove_ceil = "remove-ceil"
+    threshold = "threshold"
+
+
+class PruneSchedule(str, enum.Enum):
+    """How the sparsity rises while training (``--prune-schedule``)."""
+
+    agp = "agp"  # Zhu & Gupta 2017: s_t = s_f * (1 - (1 - t/T)^3)
+
+
+class Grouping(str, enum.Enum):
+    """What one soft selection covers."""
+
+    dependency = "dependency"  # one index set per dependency group: physically removable
+    layer = "layer"  # every conv its own selection, as the FPGM/SFP references train
+
+
+REWIND = re.compile(r"^(none|init|epoch:(\d{1,6}))$")
 
 
 class Protect(str, enum.Enum):
@@ -62,9 +95,15 @@ class Selection:
     protect: str = "output"
     round_to: int = 1
     max_layer_rate: Optional[float] = None
+    # None: keep-floor layer-wise, round(rate * total) globally (prunecli.surgery.plan)
+    count_rule: Optional[str] = None
 
     def __post_init__(self) -> None:
         self.scope = _choice(self.scope, Scope, "scope")
+        if self.count_rule is not None:
+            self.count_rule = _choice(self.count_rule, CountRule, "count_rule")
+            if self.count_rule == CountRule.reference.value:
+                raise OptionError("{count_rule} reference is resolved by the method: pass the rule it stands for")
         self.protect = _choice(self.protect, Protect, "protect")
         if self.rate is not None:
             check_rate(self.rate, "rate")
@@ -91,8 +130,11 @@ def _choice(value, choices: type[enum.Enum], key: str) -> str:
 
 
 @dataclass(kw_only=True)
-class PruneConfig(StageConfig):
-    """``prunecli prune``: score and select what to remove; write a masked checkpoint."""
+class PruneConfig(FinetuneConfig):
+    """``prunecli prune``: score and select what to remove; write a masked checkpoint.
+
+    Every training option of ``finetune`` applies when ``--epochs`` is above 0.
+    """
 
     command = "prune"
 
@@ -109,6 +151,14 @@ class PruneConfig(StageConfig):
         None, help="Remove this fraction of the MACs (searches the rate on the real count).", panel=PANEL_WHAT
     )
     mix_norm: float = option(0.0, help="FPGM-mix (geomedian): share of the rate chosen by L2 norm.", panel=PANEL_WHAT, min=0.0, max=1.0)
+    # reference: each method counts as its paper's code does, so a recipe reproduces its table
+    count_rule: CountRule = option(
+        CountRule.reference,
+        help="How many a rate removes: reference (the method's own code: l1 and most keep int(C*(1-r)), "
+        "l2/geomedian remove int(C*r), magnitude ceil(n*r), slimming int(N*r)+1), keep-floor, remove-floor, "
+        "remove-ceil, threshold.",
+        panel=PANEL_WHAT,
+    )
     compress: bool = option(
         False,
         help="Remove the channels now and write a compressed checkpoint (needed where LayerNorm/GroupNorm normalise over pruned channels).",
@@ -128,25 +178,61 @@ class PruneConfig(StageConfig):
     )
     round_to: int = option(1, help="Keep channel counts multiples of N.", panel=PANEL_WHERE, min=1)
     max_layer_rate: Optional[float] = option(None, help="Cap on any one layer's rate.", panel=PANEL_WHERE)
-    dataset: Optional[str] = option(None, help="Dataset for calibration (default: the checkpoint's).", panel=PANEL_DATA)
-    data: Optional[str] = option(None, help="Dataset root folder (default: the one the checkpoint records).", panel=PANEL_DATA, path=True)
+    # 0: one-shot, the setting of Li et al. and of every prune -> finetune pipeline
+    epochs: int = option(
+        0, help="Prune while training for N epochs (per round with --rounds); 0: prune once, no training.", panel=PANEL_WHEN, min=0, max=MAX_EPOCHS
+    )
+    soft: bool = option(
+        False,
+        help="Soft pruning (SFP; FPGM with geomedian): re-select at epoch ends; pruned filters keep training and may return; the last selection is applied hard.",
+        panel=PANEL_WHEN,
+        negatable=False,
+    )
+    mask_grads: bool = option(
+        False, help="With --soft: pruned entries get zero gradients and stay zero between selections (the FPGM reference).", panel=PANEL_WHEN, negatable=False
+    )
+    # per-layer masks train as the FPGM/SFP papers do; only dependency groups can be removed physically
+    grouping: Grouping = option(
+        Grouping.dependency,
+        help="With --soft: dependency (one selection per coupled group, physically removable) or layer (every conv its own, as the FPGM/SFP references train).",
+        panel=PANEL_WHEN,
+    )
+    reselect_every: int = option(1, help="Re-select every K epochs (--soft, --prune-schedule agp).", panel=PANEL_WHEN, min=1, max=MAX_EPOCHS)
+    prune_schedule: Optional[PruneSchedule] = option(
+        None, help="agp: sparsity rises 0 -> --rate as s_f*(1-(1-t/T)^3) over --prune-epochs (Zhu & Gupta 2017).", panel=PANEL_WHEN
+    )
+    prune_epochs: Optional[int] = option(
+        None, help="Epochs T over which agp reaches --rate (default: the first 75% of --epochs).", panel=PANEL_WHEN, min=1, max=MAX_EPOCHS
+    )
+    rounds: Optional[int] = option(
+        None, help="Iterative pruning: R rounds, each removing --rate of the remaining entries, then training --epochs.", panel=PANEL_WHEN, min=1, max=1000
+    )
+    rewind: str = option(
+        "none", help="Before each round's training, reset survivors to their weights at init or epoch:K (saved by train --save-rewind K).", panel=PANEL_WHEN
+    )
+    # None: cpu for one-shot scoring (GPU kernels would change taylor's and hessian's choices
+    # from one machine to the next); auto when training
+    device: Optional[str] = option(None, help="auto, cpu, cuda or cuda:N (default: cpu when --epochs is 0, else auto).", panel=PANEL_RUN)
+    # None: 64 for one-shot calibration (8 x 64 images suffice for Taylor/Fisher rankings); 128 for training, the papers' CIFAR batch
+    batch_size: Optional[int] = option(
+        None, help="Batch size (default: 64 for calibration, 128 when training).", panel=PANEL_RUN, flags=("-b",), min=1, max=MAX_BATCH
+    )
+    # the checkpoint's own dataset unless given
+    dataset: Optional[str] = option(None, help="Dataset for calibration and training (default: the checkpoint's).", panel=PANEL_DATA)
     # 8 batches of 64: enough for stable Taylor / Fisher rankings on CIFAR-sized nets
     calib_batches: int = option(8, help="Calibration batches for data-driven criteria (taylor, hessian).", panel=PANEL_DATA, min=1)
-    batch_size: int = option(64, help="Calibration batch size.", panel=PANEL_RUN, flags=("-b",), min=1, max=MAX_BATCH)
-    workers: int = option(4, help="DataLoader workers for image-folder datasets.", panel=PANEL_RUN, min=0)
-    seed: int = option(0, help="Seed of the calibration batches and of the random criterion.", panel=PANEL_RUN, min=0, max=MAX_SEED)
-    # the CPU, as before --device existed: gradients on a GPU (TF32, non-deterministic
-    # kernels) would change taylor's and hessian's choices from one machine to the next
-    device: str = option("cpu", help="auto, cpu, cuda or cuda:N: where the model is scored and calibrated.", panel=PANEL_RUN)
-    output: Optional[str] = option(
-        None, help="Checkpoint to write (its path is the only thing printed on stdout).", panel=PANEL_OUT, flags=("-o",), path=True
-    )
-    overwrite: bool = overwrite_option()
-    allow_nonfinite: bool = allow_nonfinite_option()
+    # pruning a trained model: the fine-tuning lr, not the from-scratch 0.1
+    lr: float = option(0.01, help="Base learning rate (when training).", panel=PANEL_OPT, min=0.0, max=1000.0)
 
     def validate(self) -> None:
+        training = self.epochs > 0
+        if self.device is None:
+            self.device = "auto" if training else "cpu"
+        if self.batch_size is None:
+            self.batch_size = 128 if training else 64
         super().validate()
         self.selection()  # rates, patterns and choices of the selection
+        self._validate_training()
         if self.rate is None and self.target_macs is None and not self.layer_rate and not self.layer_rates:
             raise OptionError("say how much to prune: {rate} R, {target_macs} F, or {layer_rate}/{layer_rates}")
         if self.target_macs is not None:
@@ -158,7 +244,57 @@ class PruneConfig(StageConfig):
         if self.mix_norm and self.scope is Scope.global_:
             raise OptionError("{mix_norm} selects within each layer: use {scope} layerwise")
 
-    def selection(self) -> Selection:
+    def _validate_training(self) -> None:
+        if not REWIND.match(self.rewind):
+            raise OptionError(f"{{rewind}} {self.rewind!r}: expected init, epoch:K or none")
+        modes = [f for f, on in (("soft", self.soft), ("prune_schedule", self.prune_schedule is not None), ("rounds", self.rounds is not None)) if on]
+        if len(modes) > 1:
+            raise OptionError(f"{{{modes[0]}}} and {{{modes[1]}}} are different ways of pruning while training: choose one")
+        if modes and self.epochs == 0:
+            raise OptionError(f"{{{modes[0]}}} prunes while training: give {{epochs}} N (epochs per round with {{rounds}})")
+        if self.mask_grads and not self.soft:
+            raise OptionError("{mask_grads} masks gradients between soft re-selections: it needs {soft}")
+        if self.grouping is Grouping.layer and not self.soft:
+            raise OptionError("{grouping} layer trains per-layer soft masks: it needs {soft}")
+        if self.reselect_every != 1 and not (self.soft or self.prune_schedule is not None):
+            raise OptionError("{reselect_every} sets how often --soft or --prune-schedule agp re-select")
+        if self.prune_epochs is not None:
+            if self.prune_schedule is None:
+                raise OptionError("{prune_epochs} is the length of the --prune-schedule agp ramp")
+            if self.prune_epochs > self.epochs:
+                raise OptionError(f"{{prune_epochs}} {self.prune_epochs}: longer than {{epochs}} {self.epochs}")
+        if self.rewind != "none" and self.rounds is None:
+            raise OptionError("{rewind} resets weights before each round: it needs {rounds} R")
+        if self.epochs > 0 and self.compress:
+            raise OptionError("{compress} with {epochs}: prune while training first, then `prunecli compress` the result")
+        if modes and self.target_macs is not None:
+            raise OptionError(f"{{target_macs}} searches one rate for one selection; {{{modes[0]}}} re-selects: give {{rate}}")
+        if self.epochs == 0 and getattr(self, "teacher", None):
+            raise OptionError("{teacher} distils while training: it needs {epochs} N")
+        if self.rounds is not None and self.rounds * self.epochs > MAX_EPOCHS:
+            raise OptionError(f"{{rounds}} {self.rounds} x {{epochs}} {self.epochs}: more than {MAX_EPOCHS:,} epochs in all")
+
+    @property
+    def training(self) -> bool:
+        return self.epochs > 0
+
+    def total_epochs(self) -> int:
+        """Epochs the Trainer runs: --epochs, times --rounds."""
+        return self.epochs * (self.rounds or 1)
+
+    def agp_epochs(self) -> int:
+        """T of the AGP ramp: --prune-epochs, or the first 75% of --epochs (Zhu & Gupta prune, then let the network recover)."""
+        return self.prune_epochs if self.prune_epochs is not None else max(1, int(self.epochs * 0.75))
+
+    def rewind_epoch(self) -> Optional[int]:
+        """The epoch --rewind resets to (0 for init), or None."""
+        m = REWIND.match(self.rewind)
+        if m is None or m.group(1) == "none":
+            return None
+        return 0 if m.group(1) == "init" else int(m.group(2))
+
+    def selection(self, count_rule: Optional[str] = None) -> Selection:
+        """The Selection (``count_rule``: the resolved rule; None keeps the legacy defaults)."""
         return Selection(
             rate=self.rate,
             scope=self.scope.value,
@@ -168,4 +304,5 @@ class PruneConfig(StageConfig):
             protect=self.protect.value,
             round_to=self.round_to,
             max_layer_rate=self.max_layer_rate,
+            count_rule=count_rule,
         )

@@ -32,6 +32,13 @@ class Schedule(str, enum.Enum):
     cosine = "cosine"
 
 
+class Budget(str, enum.Enum):
+    """How long a scratch run of a compressed architecture trains (Liu et al., arXiv:1810.05270)."""
+
+    epochs = "epochs"  # Scratch-E: as many epochs as asked
+    compute = "compute"  # Scratch-B: as much computation as the dense model's epochs (at most 2x the epochs)
+
+
 @dataclass(kw_only=True)
 class TrainingOptions(StageConfig):
     """Optimisation and runtime options of every stage that trains."""
@@ -117,6 +124,52 @@ class TrainConfig(TrainingOptions):
     num_classes: Optional[int] = option(None, help="Classes of the synthetic dataset.", panel=PANEL_DATA, min=2, max=MAX_CLASSES)
     # None: the model's own initialisation (gamma = 1); Network Slimming starts from 0.5
     bn_init: Optional[float] = option(None, help="Initialise every BatchNorm scale to this value (Network Slimming: 0.5).", panel=PANEL_MODEL, min=0.0, max=10.0)
+    # None: nothing kept. Lottery tickets rewind to the initialisation (0) or an early epoch
+    save_rewind: Optional[int] = option(
+        None, help="Keep the weights of epoch K (0: the initialisation) in the checkpoint, for prune --rounds --rewind.", panel=PANEL_OUT, min=0, max=MAX_EPOCHS
+    )
+    # Liu et al.'s scratch baselines (prunecli.stages.scratch): the architecture, dataset and
+    # data root come from this checkpoint, the weights from a fresh initialisation
+    arch_from: Optional[str] = option(
+        None,
+        help="Train the compressed architecture of this checkpoint from a fresh init (Rethinking's scratch baselines; "
+        "its data by default; its weight-level masks stay enforced).",
+        panel=PANEL_MODEL,
+        path=True,
+    )
+    # None: epochs (Scratch-E) when --arch-from is given
+    budget: Optional[Budget] = option(
+        None,
+        help="With --arch-from (default: epochs):\n\n"
+        "epochs: Scratch-E, train --epochs epochs.\n\n"
+        "compute: Scratch-B, train --epochs x (dense MACs / pruned MACs) epochs, at most 2x --epochs.",
+        panel=PANEL_OPT,
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        check_scratch_options(self)
+
+
+# what --arch-from decides: the architecture (and with it the input size and classes) is the file's
+SCRATCH_ARCH_FIELDS = ("model", "model_args", "image_size", "num_classes")
+
+
+def check_scratch_options(cfg: TrainConfig) -> None:
+    """``budget`` only with ``arch_from``; with it, no option that would choose another architecture.
+
+    A field left at its default counts as not given (a config cannot tell ``--model conv4``
+    from the default).
+    """
+    if cfg.arch_from is None:
+        if cfg.budget is not None:
+            raise OptionError(f"{{budget}} {cfg.budget.value}: a scratch budget needs {{arch_from}} (the compressed checkpoint to train anew)")
+        return
+    if not str(cfg.arch_from).strip():
+        raise OptionError("{arch_from} is empty: give a compressed checkpoint")
+    for name in SCRATCH_ARCH_FIELDS:
+        if getattr(cfg, name) != type(cfg).spec(name).default:
+            raise OptionError(f"{{{name}}} cannot be given with {{arch_from}}: the architecture, input size and classes come from {cfg.arch_from}")
 
 
 @dataclass(kw_only=True)
@@ -130,6 +183,37 @@ class FinetuneConfig(TrainingOptions):
     dataset: Optional[str] = option(None, help="Dataset name (default: the checkpoint's).", panel=PANEL_DATA)
     data: Optional[str] = option(None, help="Dataset root folder (default: the one the checkpoint records).", panel=PANEL_DATA, path=True)
     download: bool = option(False, help="Download CIFAR/MNIST into --data when online.", panel=PANEL_DATA, negatable=False)
+    # knowledge distillation (Hinton et al., arXiv:1503.02531; prunecli.engine.distill). None: off
+    teacher: Optional[str] = option(
+        None,
+        help="Distil from this checkpoint, or 'lineage': the dense one the first prune/compress was applied to.",
+        panel=PANEL_OPT,
+        path=True,
+    )
+    # 0.9: most of the weight on the soft targets, as in the common KD recipes (Hinton et al.
+    # found a considerably lower weight on the hard term best)
+    kd_alpha: float = option(0.9, help="Distillation: weight of the soft-target term (1 - it weighs the cross-entropy).", panel=PANEL_OPT, min=0.0, max=1.0)
+    # 4: the usual setting for 10-100 classes (Hinton et al. tried 1-20); past 100 the soft targets are uniform
+    kd_temperature: float = option(4.0, help="Distillation: softmax temperature T (> 0).", panel=PANEL_OPT, min=0.0, max=100.0)
+
+    def validate(self) -> None:
+        super().validate()
+        check_distillation_options(self)
+
+
+def check_distillation_options(cfg: Any) -> None:
+    """``kd_alpha`` / ``kd_temperature`` mean something only with a ``teacher``; T must be > 0.
+
+    For any config with these three fields (finetune, and the stages that reuse them).
+    """
+    if not cfg.kd_temperature > 0:
+        raise OptionError(f"{{kd_temperature}} {cfg.kd_temperature:g}: must be > 0")
+    if cfg.teacher is None:
+        changed = [name for name in ("kd_alpha", "kd_temperature") if getattr(cfg, name) != type(cfg).spec(name).default]
+        if changed:
+            raise OptionError(f"{{{changed[0]}}} {getattr(cfg, changed[0]):g}: distillation options need {{teacher}} (a checkpoint, or 'lineage')")
+    elif not str(cfg.teacher).strip():
+        raise OptionError("{teacher} is empty: give a checkpoint, or 'lineage'")
 
 
 def check_global_batch(cfg: TrainingOptions, processes: int) -> None:

@@ -101,6 +101,7 @@ def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport
         lat_before, lat_after = lb.median_ms, la.median_ms
     removed = [(p.unit.root, p.size, p.kept) for p in plan.units]
     extra = dict(ckpt.extra)
+    extra.pop("rewind", None)  # rewind weights have the uncompressed shapes: they no longer fit
     extra["compress"] = {"removed": [list(r) for r in removed]}
     metrics = dict(ckpt.metrics)
     metrics.update(macs=after.macs, params=after.params, macs_before_compress=before.macs, max_abs_diff=diff)

@@ -35,9 +35,16 @@ def checkpoint_summary(path: Path) -> tuple[dict[str, Any], list[LayerInfo]]:
         "lineage": ckpt.lineage,
         "resume": _resume_summary(ckpt.resume),
         "extra_keys": sorted(ckpt.extra),
+        "rewind_epoch": _rewind_epoch(ckpt.extra),
         "nonfinite_tensors": nonfinite,
     }
     return to_plain(summary), layer_table(model, ckpt.masks)
+
+
+def _rewind_epoch(extra: dict) -> Any:
+    """The epoch whose weights ``train --save-rewind`` kept, or None."""
+    rewind = extra.get("rewind")
+    return rewind.get("epoch") if isinstance(rewind, dict) and isinstance(rewind.get("epoch"), int) else None
 
 
 def _resume_summary(resume: Any) -> Any:

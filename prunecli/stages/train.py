@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -26,9 +26,9 @@ from prunecli._console import log, markup_safe
 from prunecli.checkpoint import Checkpoint, derive, load_checkpoint, resumed, save_checkpoint
 from prunecli.config import FinetuneConfig, TrainConfig, option_specs
 from prunecli.data import DataBundle, get_dataset, list_datasets
-from prunecli.engine.callbacks import BestCheckpoint, BNSparsity, InterruptAfterEpoch, MetricsLog, batchnorm_scales
+from prunecli.engine.callbacks import BestCheckpoint, BNSparsity, InterruptAfterEpoch, KillDuringEpoch, MetricsLog, SaveRewind, batchnorm_scales
 from prunecli.engine.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown_distributed
-from prunecli.engine.trainer import FitState, Trainer, TrainingDiverged, TrainingInterrupted
+from prunecli.engine.trainer import Callback, FitState, Trainer, TrainingDiverged, TrainingInterrupted
 from prunecli.errors import CheckpointError, OptionError, OutputError, PruneCliError
 from prunecli.models import ModelSpec, build_model, is_user_model
 from prunecli.models._registry import user_code_sha256
@@ -43,6 +43,14 @@ def train(cfg: TrainConfig, *, output: Path) -> Path:
     """Train ``cfg.model`` from scratch on ``cfg.dataset``; returns the checkpoint path."""
     if cfg.dataset not in list_datasets():  # a bad name is a bad option (exit 2); missing files are not
         raise OptionError(f"{{dataset}} {cfg.dataset!r}: unknown; valid: {', '.join(list_datasets())}")
+    if cfg.arch_from is not None:  # Rethinking's Scratch-E/B: a checkpoint's compressed architecture, freshly initialised
+        from prunecli.stages.scratch import prepare_scratch
+
+        with _stage(cfg, Path(output)) as (dist, device):
+            run = prepare_scratch(cfg, Path(output))
+            if cfg.bn_init is not None:
+                _init_batchnorm_scales(run.model, cfg.bn_init)
+            return _fit("train", run.cfg, run.model, run.template, run.bundle, Path(output), dist=dist, device=device, options=run.options)
     with _stage(cfg, Path(output)) as (dist, device):
         bundle = get_dataset(
             cfg.dataset, root=cfg.data, download=cfg.download, image_size=cfg.image_size, num_classes=cfg.num_classes, seed=cfg.seed
@@ -82,10 +90,10 @@ def finetune(source: Path, cfg: FinetuneConfig, *, output: Path) -> Path:
 
 # options that define what a run trains: a resume that changed them would write a checkpoint
 # whose lineage describes another run (``--data`` may change: a dataset folder can move)
-_FIXED_ON_RESUME = ("model", "model_args", "dataset", "image_size", "num_classes")
+_FIXED_ON_RESUME = ("model", "model_args", "dataset", "image_size", "num_classes", "arch_from", "budget")
 
 
-def resume(path: Path, overrides: Mapping[str, Any], *, output: Optional[Path] = None) -> Path:
+def resume(path: Path, overrides: Mapping[str, Any], *, output: Optional[Path] = None, stage: Optional[str] = None) -> Path:
     """Continue an interrupted train/finetune run from its last complete epoch.
 
     ``overrides`` are options given again (``--epochs 30`` extends the run); the options
@@ -93,10 +101,12 @@ def resume(path: Path, overrides: Mapping[str, Any], *, output: Optional[Path] =
     """
     ckpt = load_checkpoint(path)
     state = ckpt.resume
-    if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or state.get("stage") not in ("train", "finetune"):
-        raise CheckpointError(f"{path}: has no resume state (only train and finetune checkpoints can be resumed)")
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or state.get("stage") not in RESUMABLE:
+        raise CheckpointError(f"{path}: has no resume state (only train, finetune and prune --epochs checkpoints can be resumed)")
+    if stage is not None and state["stage"] != stage and "prune" in (stage, state["stage"]):
+        raise CheckpointError(f"{path}: a {state['stage']} run; continue it with `prunecli {state['stage']} --resume {path}`")
     stage = state["stage"]
-    config_cls = TrainConfig if stage == "train" else FinetuneConfig
+    config_cls = _config_class(stage)
     known = {s.name for s in option_specs(config_cls)}
     # a version-1 finetune run stored train's fields too (model, image_size ...): not options of finetune
     stored = {k: v for k, v in state["config"].items() if k in known}
@@ -111,7 +121,8 @@ def resume(path: Path, overrides: Mapping[str, Any], *, output: Optional[Path] =
                 f"{{{name}}} {getattr(cfg, name)!r}: {path} continues a run of {name} {getattr(before, name)!r}; "
                 "a resumed run keeps it (start a new run to change it)"
             )
-    if cfg.epochs < state["epoch"]:
+    total = cfg.total_epochs() if stage == "prune" else cfg.epochs
+    if total < state["epoch"]:
         raise OptionError(f"{{epochs}} {cfg.epochs}: {path} has already trained {state['epoch']} epochs; give at least that many (more extends the run)")
     output = Path(output or path)
     # --overwrite is a decision about this invocation's output, not carried over from the run
@@ -128,7 +139,21 @@ def resume(path: Path, overrides: Mapping[str, Any], *, output: Optional[Path] =
         template = resumed(ckpt, overrides)
         given = {config_cls.spec(k): v for k, v in overrides.items()}
         options = {**dict(state.get("options") or {}), **{s.key: s.command_line_form(s.coerce(v)) for s, v in given.items()}}
-        return _fit(stage, cfg, model, template, bundle, output, dist=dist, device=device, options=options, resume_state=state)
+        fit: dict[str, Any] = {}
+        if stage == "prune":  # the pruning algorithm's callback, rebuilt from the stored options
+            from prunecli.stages.prune import training_callbacks
+
+            fit = training_callbacks(cfg, ckpt, device, model)
+        return _fit(stage, cfg, model, template, bundle, output, dist=dist, device=device, options=options, resume_state=state, **fit)
+
+
+RESUMABLE = ("train", "finetune", "prune")
+
+
+def _config_class(stage: str):
+    from prunecli.config import PruneConfig
+
+    return {"train": TrainConfig, "finetune": FinetuneConfig, "prune": PruneConfig}[stage]
 
 
 def _init_batchnorm_scales(model: torch.nn.Module, value: float) -> None:
@@ -180,14 +205,21 @@ def _fit(
     device: torch.device,
     options: Optional[dict[str, Any]] = None,
     resume_state: Optional[dict[str, Any]] = None,
+    extra_callbacks: Sequence[Callback] = (),
+    epochs: Optional[int] = None,
+    cycle_epochs: Optional[int] = None,
 ) -> Path:
-    """Run the Trainer with the stage's callbacks; write the checkpoint every epoch."""
+    """Run the Trainer with the stage's callbacks; write the checkpoint every epoch.
+
+    ``extra_callbacks`` (a training-time pruning algorithm's) run after the stage's own;
+    ``epochs`` and ``cycle_epochs`` go to the Trainer (iterative pruning's rounds).
+    """
     paths = side_paths(output)
     options = options if options is not None else cfg.to_options()
     fresh = [resume_state is None]
 
     def snapshot(state: FitState, *, resumable: bool = True) -> Checkpoint:
-        metrics = {"epoch": state.epoch, "epochs": cfg.epochs, "best_top1": best.top1, "best_epoch": best.epoch}
+        metrics = {"epoch": state.epoch, "epochs": total, "best_top1": best.top1, "best_epoch": best.epoch}
         ev = state.last_eval
         if ev is not None:
             metrics.update(top1=ev.top1, top5=ev.top5, loss=ev.loss, dataset=template.dataset.name if template.dataset else None)
@@ -207,12 +239,24 @@ def _fit(
         if not batchnorm_scales(model):
             raise PruneCliError(f"--sparsity-bn: {template.model.name} has no BatchNorm scales to make sparse")
         callbacks.append(BNSparsity(cfg.sparsity_bn))
-    interrupt = InterruptAfterEpoch.from_env()
-    if interrupt is not None:
-        callbacks.append(interrupt)
+    if getattr(cfg, "teacher", None):  # knowledge distillation; the lineage entry records the teacher's file and sha256
+        from prunecli.stages.teacher import distillation
+
+        kd, template = distillation(cfg, template)
+        callbacks.append(kd)
+    total = cfg.epochs if epochs is None else epochs
+    if getattr(cfg, "save_rewind", None) is not None:
+        if cfg.save_rewind > total:
+            raise OptionError(f"{{save_rewind}} {cfg.save_rewind}: the run has only {total} epochs")
+        callbacks.append(SaveRewind(cfg.save_rewind, template.extra))
+    callbacks.extend(extra_callbacks)
+    for hook in (InterruptAfterEpoch.from_env(), KillDuringEpoch.from_env()):  # the resume tests' interruptions
+        if hook is not None:
+            callbacks.append(hook)
+    total = cfg.epochs if epochs is None else epochs
     start = int(resume_state["epoch"]) if resume_state else 0
     try:
-        state = Trainer(cfg, device=device, dist=dist).fit(
+        state = Trainer(cfg, device=device, dist=dist, epochs=total, cycle_epochs=cycle_epochs).fit(
             model,
             bundle,
             callbacks,
@@ -228,11 +272,11 @@ def _fit(
         if e.saved_epoch is None:
             raise TrainingInterrupted(f"interrupted during epoch {start + 1}; no checkpoint was written") from e
         raise TrainingInterrupted(
-            f"interrupted; {output} holds epoch {e.saved_epoch}/{cfg.epochs}: continue with `prunecli {stage} --resume {output}`",
+            f"interrupted; {output} holds epoch {e.saved_epoch}/{total}: continue with `prunecli {stage} --resume {output}`",
             saved_epoch=e.saved_epoch,
         ) from e
-    if start >= cfg.epochs:
-        log(f"{stage}: nothing to train (epoch {start} of {cfg.epochs}); test top-1 {state.last_eval.top1:.2f}%")
+    if start >= total:
+        log(f"{stage}: nothing to train (epoch {start} of {total}); test top-1 {state.last_eval.top1:.2f}%")
     else:
         best_text = f" (best {best.top1:.2f}% at epoch {best.epoch})" if best.top1 is not None else ""
         log(f"{stage} done in {state.seconds:.1f}s: test top-1 {state.last_eval.top1:.2f}%{best_text}")
