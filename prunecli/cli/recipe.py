@@ -164,13 +164,11 @@ def _header(r):
 def _timeline(r):
     from rich.table import Table
 
-    from prunecli.config import STAGE_CONFIGS
-
     t = Table(title="stages", title_justify="left", show_edge=False, pad_edge=False)
     for col in ("#", "stage", "command", "input", "options (resolved)"):
         t.add_column(col)
     for i, s in enumerate(r.stages, start=1):
-        cfg = STAGE_CONFIGS[s.command].from_options(s.options)
+        cfg = s.config()
         resolved = cfg.to_options()
         shown = " ".join(f"--{k} {v}" if not isinstance(v, bool) else (f"--{k}" if v else f"--no-{k}") for k, v in resolved.items() if k in s.options)
         t.add_row(str(i), s.name, s.command, ", ".join(s.inputs) or "-", shown or "(defaults)")

@@ -56,6 +56,13 @@ def _base_checkpoint(stage: Stage, path: Path) -> Path:
     return save_checkpoint(derive(None, "train", {"epochs": 0}, model=spec, dataset=data, state_dict=model.state_dict()), path)
 
 
+# the options of prune that decide what is selected (the rest say how and when it trains)
+SELECTION_KEYS = {
+    "method", "rate", "granularity", "scope", "target-macs", "mix-norm", "count-rule", "compress",
+    "layer-rate", "layer-rates", "skip", "protect", "round-to", "max-layer-rate",
+}
+
+
 def architecture_rows(recipe: Recipe) -> list[ArchitectureRow]:
     """MACs and params of every checkpoint stage, computed on random weights."""
     from prunecli.config import CompressConfig, PruneConfig
@@ -70,12 +77,15 @@ def architecture_rows(recipe: Recipe) -> list[ArchitectureRow]:
         for stage in recipe.stages:
             out = Path(tmp) / f"{stage.name}.pt"
             log(f"[bold]{stage.name}[/bold]: {stage.command} (random weights)")
-            if stage.command == "train":
+            if stage.command == "train" and stage.inputs:
+                paths[stage.name] = paths[stage.inputs[0]]  # a scratch baseline trains its input's architecture
+            elif stage.command == "train":
                 paths[stage.name] = _base_checkpoint(stage, out)
             elif stage.command == "prune":
-                options: dict[str, Any] = {**stage.options, "device": "cpu", "calib-batches": 1, "batch-size": 2, "workers": 0}
-                for key in ("dataset", "data"):
-                    options.pop(key, None)
+                # the selection alone, once: pruning while training ends at the same counts
+                # (a soft or gradual run's last selection is at the final rate)
+                options: dict[str, Any] = {k: v for k, v in stage.options.items() if k in SELECTION_KEYS}
+                options.update({"device": "cpu", "calib-batches": 1, "batch-size": 2, "workers": 0})
                 prune_checkpoint(paths[stage.inputs[0]], PruneConfig.from_options(options), output=out)
                 paths[stage.name] = out
             elif stage.command == "compress":

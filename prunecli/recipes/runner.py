@@ -68,7 +68,11 @@ def smoke_options(stage: Stage, classes: dict[str, int]) -> dict[str, Any]:
     name, so a smoke model has the real model's head.
     """
     o = dict(stage.options)
-    if stage.command == "train":
+    if stage.command == "train" and stage.inputs:  # a scratch baseline: its architecture and data come from its input
+        o.pop("dataset", None)
+        o.pop("data", None)
+        o.pop("download", None)
+    elif stage.command == "train":
         o.update({"dataset": "synthetic", "image-size": SMOKE_IMAGE_SIZE, "num-classes": max(2, min(classes.get(stage.name, 10), SMOKE_CLASSES))})
         o.pop("data", None)
         o.pop("download", None)
@@ -76,7 +80,10 @@ def smoke_options(stage: Stage, classes: dict[str, int]) -> dict[str, Any]:
         for fetching in ("weights", "weights_backbone"):  # no downloads in a smoke run
             args.pop(fetching, None)
         o["model-arg"] = args
-    if stage.command in ("train", "finetune"):
+    trains = stage.command in ("train", "finetune") or (stage.command == "prune" and int(stage.config().epochs) > 0)
+    if stage.command == "prune":
+        o.update({"calib-batches": 1, "batch-size": SMOKE_BATCH, "device": "cpu", "workers": 0})
+    if trains:
         o.update({"epochs": min(int(stage.config().epochs), SMOKE_EPOCHS), "steps-per-epoch": 1, "batch-size": SMOKE_BATCH})
         o.update({"device": "cpu", "workers": 0, "amp": False, "channels-last": False, "eval-every": 1, "milestones": None})
         o.pop("warmup-epochs", None)
@@ -84,8 +91,13 @@ def smoke_options(stage: Stage, classes: dict[str, int]) -> dict[str, Any]:
         o.pop("dataset", None)
         o.pop("data", None)
         o.pop("download", None)
-    if stage.command == "prune":
-        o.update({"calib-batches": 1, "batch-size": SMOKE_BATCH, "device": "cpu", "workers": 0})
+    if stage.command == "prune" and trains:
+        cfg = stage.config()
+        if cfg.rounds:
+            o["rounds"] = min(cfg.rounds, SMOKE_EPOCHS)
+        if cfg.prune_epochs:
+            o["prune-epochs"] = min(cfg.prune_epochs, o["epochs"])
+        o["reselect-every"] = 1
     if stage.command in ("compress", "evaluate"):
         o.update({"latency": False, "device": "cpu"})
     if stage.command == "evaluate":
@@ -237,14 +249,16 @@ def _import(stage: Stage, source: Path, output: Path, result: RunResult) -> None
 
 
 def _interrupted(output: Path, stage: Stage) -> bool:
-    """Whether ``output`` is a train/finetune checkpoint with epochs still to run."""
-    if stage.command not in ("train", "finetune") or not output.is_file():
+    """Whether ``output`` is a train/finetune/prune --epochs checkpoint with epochs still to run."""
+    if stage.command not in ("train", "finetune", "prune") or not output.is_file():
         return False
     try:
         resume = load_checkpoint(output).resume
     except CheckpointError:
         return False
-    return isinstance(resume, dict) and resume.get("stage") == stage.command and int(resume.get("epoch") or 0) < int(stage.config().epochs)
+    cfg = stage.config()
+    total = cfg.total_epochs() if stage.command == "prune" else cfg.epochs
+    return isinstance(resume, dict) and resume.get("stage") == stage.command and int(resume.get("epoch") or 0) < int(total)
 
 
 def _execute(stage: Stage, options: dict[str, Any], result: RunResult, output: Optional[Path], *, resume: bool):
@@ -256,6 +270,8 @@ def _execute(stage: Stage, options: dict[str, Any], result: RunResult, output: O
         return _import(stage, Path(stage.source).expanduser(), output, result)
     cfg_cls = STAGE_CONFIGS[stage.command]
     fixed = {"output": str(output), "overwrite": True} if output is not None else {}
+    if stage.command == "train" and inputs:  # a scratch baseline of an earlier stage's architecture
+        fixed["arch-from"] = str(inputs[0])
     try:
         cfg = cfg_cls.from_options({**options, **fixed})
     except Exception as e:  # smoke overrides or --set values the recipe's own check did not see
@@ -269,8 +285,11 @@ def _execute(stage: Stage, options: dict[str, Any], result: RunResult, output: O
             return training.train(cfg, output=output)
         return training.finetune(inputs[0], cfg, output=output)
     if stage.command == "prune":
+        from prunecli.stages import train as training
         from prunecli.stages.prune import prune_checkpoint
 
+        if resume:
+            return training.resume(output, {}, output=output, stage="prune")
         return prune_checkpoint(inputs[0], cfg, output=output)
     if stage.command == "compress":
         from prunecli.stages.compress import compress_checkpoint

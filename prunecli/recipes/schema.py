@@ -40,7 +40,7 @@ from prunecli.errors import OptionError, PruneCliError, UsageError
 RECIPE_COMMANDS = ("train", "prune", "compress", "finetune", "evaluate")
 WRITES_CHECKPOINT = {"train", "prune", "compress", "finetune"}
 # options the runner sets itself: where each stage writes, resumes and overwrites
-RUNNER_OPTIONS = {"output", "resume", "overwrite", "config"}
+RUNNER_OPTIONS = {"output", "resume", "overwrite", "config", "arch_from"}  # arch-from: a train stage's input
 
 # conv_linear_params: Li et al.'s count (conv and linear layers, no BatchNorm)
 ARCHITECTURE_METRICS = ("macs", "params", "conv_linear_params", "macs_reduction", "params_reduction", "conv_linear_params_reduction")
@@ -99,8 +99,12 @@ class Stage:
         return self.command in WRITES_CHECKPOINT
 
     def config(self, **changes: Any) -> StageConfig:
-        """The command's typed config of these options (with ``changes`` as option keys)."""
-        return STAGE_CONFIGS[self.command].from_options({**self.options, **changes})
+        """The command's typed config of these options (with ``changes`` as option keys).
+
+        A train stage with an input is a scratch baseline of that input's architecture:
+        its config has ``arch-from`` (the input's checkpoint, ``<input>.pt`` here).
+        """
+        return STAGE_CONFIGS[self.command].from_options({**self.options, **_arch_from(self.command, self.inputs), **changes})
 
 
 @dataclass(frozen=True)
@@ -288,6 +292,11 @@ def parse_recipe(data: Any, path: Path, sets: Optional[dict[str, Any]] = None) -
     )
 
 
+def _arch_from(command: str, inputs: tuple[str, ...]) -> dict[str, str]:
+    """The ``arch-from`` a train stage with an input has (the runner passes the real path)."""
+    return {"arch-from": f"{inputs[0]}.pt"} if command == "train" and inputs else {}
+
+
 def _stage(raw: dict, name: str, earlier: list[Stage], variables: dict[str, Any], path: Path) -> Stage:
     command = raw.get("command")
     if command not in RECIPE_COMMANDS:
@@ -296,9 +305,10 @@ def _stage(raw: dict, name: str, earlier: list[Stage], variables: dict[str, Any]
     if "input" in raw and "inputs" in raw:
         raise RecipeError(f"{_where(path, name, 'inputs')}: give input or inputs, not both")
     if command == "train":
-        if "input" in raw or "inputs" in raw:
-            raise RecipeError(f"{_where(path, name, 'input')}: train starts from scratch and reads no checkpoint")
-        inputs: tuple[str, ...] = ()
+        if "inputs" in raw:
+            raise RecipeError(f"{_where(path, name, 'inputs')}: train reads at most one checkpoint (input: the architecture of a scratch baseline)")
+        # input: an earlier stage whose compressed architecture this stage trains from scratch (--arch-from)
+        inputs: tuple[str, ...] = (raw["input"],) if "input" in raw else ()
     elif command == "evaluate":
         given = raw.get("inputs", [raw["input"]] if "input" in raw else checkpoints)
         if not isinstance(given, list) or not given:
@@ -331,7 +341,7 @@ def _stage(raw: dict, name: str, earlier: list[Stage], variables: dict[str, Any]
             raise RecipeError(f"{where}: the option {spec.key} is given twice (as {key!r} and another spelling)")
         resolved[spec.key] = substitute(value, variables, where)
     try:
-        config_cls.from_options(resolved)
+        config_cls.from_options({**resolved, **_arch_from(command, inputs)})
     except OptionError as e:
         keys = e.keys
         raise RecipeError(f"{_where(path, name, keys[0].replace('_', '-') if keys else None)}: {e.render(lambda k: k.replace('_', '-'))}") from None
