@@ -251,3 +251,83 @@ def recalibrate_batchnorm(state: FitState, max_batches: int = 100) -> int:
             m.momentum = momentum
         state.model.train(was)
     return used
+
+
+def _in_channel_consumers(unit) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+    """(module, local input indices, unit channel of each) for the conv/linear layers reading ``unit``."""
+    from prunecli.models.layers import is_prunable
+
+    group = unit.group
+    if group is None:
+        return []
+    dg = group._DG if hasattr(group, "_DG") else None
+    out = []
+    for item in group.items:
+        dep = item.dep
+        is_out = dg.is_out_channel_pruning_fn(dep.handler) if dg is not None else dep.handler.__name__ != "prune_in_channels"
+        module = dep.target.module
+        if is_out or not is_prunable(module):
+            continue
+        out.append((module, torch.as_tensor([int(i) for i in item.idxs]), torch.as_tensor([int(i) for i in item.root_idxs])))
+    return out
+
+
+@torch.no_grad()
+def fold_constant_channels(state: FitState, plan: Plan, max_batches: int = 4) -> int:
+    """Fold what the pruned channels still contribute as constants into the biases of the layers reading them.
+
+    A filter zeroed by soft pruning still leaves its BatchNorm's shift (and the
+    activation of it) as a constant channel, and through residual adds that constant
+    reaches the classifier; removing the channel drops it. Before the hard mask, each
+    consumer with a bias measures, in eval mode on a few training batches, the mean output
+    those constant input channels produce and adds it to its bias, as SFP's reference adds
+    the pruned channels' BatchNorm values back when it builds the small model. Consumers
+    without a bias are followed by a BatchNorm in the usual nets; `recalibrate_batchnorm`
+    re-estimates its statistics afterwards. Returns the number of layers adjusted.
+    """
+    targets = []
+    for p in plan.pruned:
+        for module, local, roots in _in_channel_consumers(p.unit):
+            if getattr(module, "bias", None) is None or getattr(module, "groups", 1) != 1 or getattr(module, "transposed", False):
+                continue
+            gone = local[torch.isin(roots, p.prune)]
+            if len(gone):
+                targets.append((module, gone))
+    if not targets or state.train_batches is None:
+        return 0
+    inputs: dict[int, list[torch.Tensor]] = {}
+
+    def capture(i):
+        def hook(module, args):
+            inputs.setdefault(i, []).append(args[0].detach())
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(capture(i)) for i, (m, _) in enumerate(targets)]
+    was = state.model.training
+    state.model.eval()
+    try:
+        for n, (x, _) in enumerate(state.train_batches):
+            state.model(x)
+            if n + 1 >= max_batches:
+                break
+    finally:
+        for h in handles:
+            h.remove()
+        state.model.train(was)
+    adjusted = 0
+    for i, (module, gone) in enumerate(targets):
+        if i not in inputs:
+            continue
+        x = torch.cat(inputs[i])
+        only = torch.zeros_like(x)
+        only[:, gone] = x[:, gone]
+        if isinstance(module, nn.Linear):
+            delta = torch.nn.functional.linear(only, module.weight)
+            k = delta.reshape(-1, delta.shape[-1]).mean(0)
+        else:
+            delta = module._conv_forward(only, module.weight, None)
+            k = delta.transpose(0, 1).reshape(delta.shape[1], -1).mean(1)
+        module.bias.add_(k.to(module.bias.dtype))
+        adjusted += 1
+    return adjusted

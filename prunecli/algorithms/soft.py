@@ -16,7 +16,7 @@ import torch
 
 from prunecli._console import log
 from prunecli.algorithms._registry import Algorithm, register_algorithm
-from prunecli.algorithms._training import MakePruner, PruningCallback, filter_masks, layer_selection, recalibrate_batchnorm, share_masks as _share
+from prunecli.algorithms._training import MakePruner, PruningCallback, filter_masks, fold_constant_channels, layer_selection, recalibrate_batchnorm, share_masks as _share
 from prunecli.criteria import Criterion
 from prunecli.engine.trainer import FitState
 from prunecli.surgery.masks import apply_masks, bind_masks, combine
@@ -63,9 +63,13 @@ class SoftPruningCallback(PruningCallback):
             self._reselect_layers(state, final=final)
             return
         if final:  # hard from now on: the whole dependency group, exactly what compress removes
-            masked = self.select(state)
+            self.select(state, apply=False)
+            plan = self.last_plan
+            apply_masks(state.model, filter_masks(plan))  # the soft state of this last selection
+            fold_constant_channels(state, plan)  # what the zeroed filters' BatchNorm shifts still add
+            masked = self.pruner.mask(plan)
             state.set_masks(combine(self.base, masked.masks))
-            recalibrate_batchnorm(state)  # the removed channels' BatchNorm shifts are gone
+            recalibrate_batchnorm(state)  # statistics of the layers after the removed channels
             return
         self.select(state, apply=False)
         soft = filter_masks(self.last_plan)  # the filters only, as the references zero them
@@ -93,6 +97,8 @@ class SoftPruningCallback(PruningCallback):
             _share(state, soft)
             apply_masks(state.model, soft)
             if final:
+                if removable.pruned:
+                    fold_constant_channels(state, removable)
                 group = pruner.mask(removable).masks if removable.pruned else {}
                 masks = combine(combine(self.base, soft), group)
                 state.set_masks(masks)
