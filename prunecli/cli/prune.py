@@ -33,26 +33,27 @@ def prune(
     --rounds R [--rewind init|epoch:K] (iterative, lottery tickets); without them it
     selects once and trains with the masks enforced. --resume continues a killed run.
     """
-    from prunecli.stages import train as training
     from prunecli.stages.prune import prune_checkpoint
+    from prunecli.stages.while_training import prune_while_training, resume_pruning
 
     given = given_options(ctx, options)
     if given.get("resume") is not None:
         if checkpoint is not None:
             raise UsageError("prune: give a CHECKPOINT to prune or --resume a pruning run, not both")
         overrides = {k: v for k, v in given.items() if k not in ("resume", "output")}
-        emit_path(training.resume(Path(given["resume"]), overrides, output=given.get("output"), stage="prune"))
+        emit_path(resume_pruning(Path(given["resume"]), overrides, output=given.get("output")))
         return
     if checkpoint is None:
         raise UsageError("prune: give a CHECKPOINT to prune (or --resume a pruning run)")
     cfg = config_from(ctx, PruneConfig, options)
     source = input_checkpoint(checkpoint)
-    result = prune_checkpoint(source, cfg, output=output_next_to(source, "compressed" if cfg.compress else "pruned", cfg.output))
-    if isinstance(result, Path):  # pruned while training: the per-epoch log said it all
-        emit_path(result)
+    output = output_next_to(source, "compressed" if cfg.compress else "pruned", cfg.output)
+    if cfg.training:  # the per-epoch log says it all
+        emit_path(prune_while_training(source, cfg, output=output))
         return
-    _print_report(result)
-    emit_path(result.output)
+    report = prune_checkpoint(source, cfg, output=output)
+    _print_report(report)
+    emit_path(report.output)
 
 
 def _print_report(r) -> None:

@@ -285,11 +285,13 @@ def _execute(stage: Stage, options: dict[str, Any], result: RunResult, output: O
             return training.train(cfg, output=output)
         return training.finetune(inputs[0], cfg, output=output)
     if stage.command == "prune":
-        from prunecli.stages import train as training
         from prunecli.stages.prune import prune_checkpoint
+        from prunecli.stages.while_training import prune_while_training, resume_pruning
 
         if resume:
-            return training.resume(output, {}, output=output, stage="prune")
+            return resume_pruning(output, {}, output=output)
+        if cfg.training:
+            return prune_while_training(inputs[0], cfg, output=output)
         return prune_checkpoint(inputs[0], cfg, output=output)
     if stage.command == "compress":
         from prunecli.stages.compress import compress_checkpoint

@@ -4,10 +4,7 @@ The masked checkpoint keeps every shape with the pruned entries zero; the masks 
 the Pruner's tracked removal kept (prunecli.surgery.pruner), so the masked model computes
 what `compress` will produce, and the MACs printed are the compressed model's.
 
-With ``--epochs N`` the stage prunes while training (`prune_while_training`): the
-training stage of ``finetune`` (prunecli.stages.train: checkpoint every epoch, resume,
-torchrun) with the algorithm's callback (prunecli.algorithms: soft, gradual, iterative;
-plain one-shot selection at the start otherwise).
+With ``--epochs N`` the stage prunes while training instead: prunecli.stages.while_training.
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 from prunecli.algorithms import get_algorithm
-from prunecli.checkpoint import Checkpoint, derive, load_checkpoint, save_checkpoint
+from prunecli.checkpoint import Checkpoint, derive, save_checkpoint
 from prunecli.config import PruneConfig
 from prunecli.criteria import Criterion, criterion_class, get_criterion, hyperparameters
 from prunecli.data import TensorSplit
@@ -30,9 +27,9 @@ from prunecli.errors import OptionError, PruneCliError
 from prunecli.metrics.complexity import Complexity, count_complexity
 from prunecli.models import example_input
 from prunecli.outputs import claim_output
-from prunecli.stages.checkpoints import data_for_checkpoint, derive_compressed, load_model, rebuild_model
+from prunecli.stages.checkpoints import data_for_checkpoint, derive_compressed, load_model
 from prunecli.surgery.equivalence import difference, outputs, probe_batch
-from prunecli.surgery.masks import apply_masks, combine, newly_masked
+from prunecli.surgery.masks import combine, newly_masked
 from prunecli.surgery.plan import LayerRow, Plan
 from prunecli.surgery.pruner import Pruner
 
@@ -93,22 +90,11 @@ def count_rule(cfg: PruneConfig, criterion: Criterion) -> str:
     return criterion.count_rule if rule == "reference" else rule
 
 
-def algorithm_name(cfg: PruneConfig) -> str:
-    """Which registered algorithm the options ask for (prunecli.algorithms)."""
-    if cfg.soft:
-        return "soft"
-    if cfg.prune_schedule is not None:
-        return "gradual"
-    if cfg.rounds is not None:
-        return "iterative"
-    return "one-shot"
-
-
-def prune_checkpoint(source: Path, cfg: PruneConfig, *, output: Path):
-    """One-shot (a `PruneReport`) or, with ``cfg.epochs``, pruning while training (the output path)."""
-    criterion = criterion_for(cfg)
+def prune_checkpoint(source: Path, cfg: PruneConfig, *, output: Path) -> PruneReport:
+    """One-shot pruning; ``--epochs N`` is prunecli.stages.while_training."""
     if cfg.training:
-        return prune_while_training(Path(source), cfg, output=Path(output))
+        raise PruneCliError("prune_checkpoint prunes once: with epochs > 0 call prunecli.stages.while_training.prune_while_training")
+    criterion = criterion_for(cfg)
     algorithm = get_algorithm("one-shot")
     device = resolve_device(cfg.device)
     with claim_output(Path(output), overwrite=cfg.overwrite):  # checked and locked before any work
@@ -219,100 +205,4 @@ def _compressed(ckpt: Checkpoint, pruner: Pruner, plan: Plan, options, extra, be
     if diff is not None:
         metrics["max_abs_diff"] = diff
     return derive_compressed(ckpt, "prune", options, small, history, kept, metrics=metrics, extra=extra), after, diff, newly
-
-
-# -------------------------------------------------------------- pruning while training
-
-
-def prune_while_training(source: Path, cfg: PruneConfig, *, output: Path) -> Path:
-    """``prune --epochs N``: the algorithm's callback on the fine-tuning stage; returns the output path.
-
-    The result is a masked checkpoint (the final selection enforced) that ``compress``
-    shrinks and ``finetune`` continues; ``prune --resume`` continues a killed run.
-    """
-    from prunecli.stages import train as training
-
-    criterion = criterion_for(cfg)
-    algorithm = get_algorithm(algorithm_name(cfg))
-    why = algorithm.accepts(criterion)
-    if why:
-        raise OptionError(f"{{method}} {cfg.method}: {why}")
-    with training._stage(cfg, output) as (dist, device):
-        parent = load_checkpoint(source)
-        model = rebuild_model(parent, allow_nonfinite=cfg.allow_nonfinite)
-        if parent.masks:
-            apply_masks(model, parent.masks, where=str(source))
-        bundle = data_for_checkpoint(parent, dataset=cfg.dataset, data=cfg.data, download=cfg.download, seed=cfg.seed)
-        extra = dict(parent.extra)
-        extra["prune"] = {
-            "method": cfg.method,
-            "algorithm": algorithm.name,
-            "granularity": cfg.granularity.value,
-            "scope": cfg.scope.value,
-            "rate": cfg.rate,
-            "count_rule": count_rule(cfg, criterion),
-            "epochs": cfg.total_epochs(),
-        }
-        template = derive(parent, "prune", cfg.to_options(), dataset=bundle.spec, state_dict={}, extra=extra)
-        fit = training_callbacks(cfg, template, device, model, source=parent)
-        return training._fit("prune", cfg, model, template, bundle, output, dist=dist, device=device, **fit)
-
-
-def rewind_weights(ckpt: Checkpoint, cfg: PruneConfig, model_keys: dict[str, tuple]) -> Optional[dict[str, torch.Tensor]]:
-    """The state dict ``--rewind`` resets to (kept by ``train --save-rewind K``), checked against the model."""
-    want = cfg.rewind_epoch()
-    if want is None:
-        return None
-    what = "init" if want == 0 else f"epoch:{want}"
-    saved = ckpt.extra.get("rewind")
-    if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
-        raise PruneCliError(f"--rewind {what}: {ckpt.path} holds no rewind weights (train it with --save-rewind {want})")
-    if saved.get("epoch") != want:
-        raise PruneCliError(f"--rewind {what}: {ckpt.path} holds the weights of epoch {saved.get('epoch')} (give --rewind {'init' if saved.get('epoch') == 0 else 'epoch:' + str(saved.get('epoch'))})")
-    weights = saved["state_dict"]
-    for name, shape in model_keys.items():
-        t = weights.get(name)
-        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
-            raise PruneCliError(f"--rewind {what}: the rewind weights of {ckpt.path} do not fit its model ({name}); were they saved before a compress?")
-    if set(weights) != set(model_keys):
-        raise PruneCliError(f"--rewind {what}: the rewind weights of {ckpt.path} name other tensors than its model")
-    return weights
-
-
-def training_callbacks(cfg: PruneConfig, ckpt: Checkpoint, device: torch.device, model: torch.nn.Module, *, source: Optional[Checkpoint] = None) -> dict[str, Any]:
-    """`_fit`'s keyword arguments for the algorithm ``cfg`` asks for: its callback, epochs and cycles.
-
-    ``ckpt`` is the run's own checkpoint (or template): its model spec, dataset and extra
-    (rewind weights travel in ``extra``); ``source`` the checkpoint pruned, when starting.
-    """
-    criterion = criterion_for(cfg)
-    algorithm = get_algorithm(algorithm_name(cfg))
-    spec = ckpt.model
-    selection = cfg.selection(count_rule(cfg, criterion))
-    calibration = calibration_batches(source or ckpt, cfg, device) if criterion.needs_data else None
-
-    def make_pruner(model: torch.nn.Module) -> Pruner:
-        return Pruner(
-            model,
-            criterion,
-            selection,
-            example_input=example_input(spec, device=device),
-            granularity=cfg.granularity.value,
-            calibration=calibration,
-            name=spec.name,
-        )
-
-    if algorithm.name == "soft":
-        cb = algorithm.callback(make_pruner, every=cfg.reselect_every, mask_grads=cfg.mask_grads, grouping=cfg.grouping.value)
-        return {"extra_callbacks": [cb]}
-    if algorithm.name == "gradual":
-        return {"extra_callbacks": [algorithm.callback(make_pruner, ramp_epochs=cfg.agp_epochs(), every=cfg.reselect_every)]}
-    if algorithm.name == "iterative":
-        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        rewind = rewind_weights(source or ckpt, cfg, shapes)
-        cb = algorithm.callback(make_pruner, round_epochs=cfg.epochs, rewind=rewind)
-        return {"extra_callbacks": [cb], "epochs": cfg.total_epochs(), "cycle_epochs": cfg.epochs}
-    from prunecli.algorithms.one_shot import OneShotCallback
-
-    return {"extra_callbacks": [OneShotCallback(make_pruner, target_macs=cfg.target_macs)]}
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 import contextlib
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 
 from prunecli._console import log, markup_safe
 from prunecli.checkpoint import Checkpoint, derive, load_checkpoint, resumed, save_checkpoint
-from prunecli.config import FinetuneConfig, TrainConfig, option_specs
+from prunecli.config import FinetuneConfig, PruneConfig, TrainConfig, option_specs
 from prunecli.data import DataBundle, get_dataset, list_datasets
 from prunecli.engine.callbacks import BestCheckpoint, BNSparsity, InterruptAfterEpoch, KillDuringEpoch, MetricsLog, SaveRewind, batchnorm_scales
 from prunecli.engine.distributed import DistInfo, all_reduce_sum, init_distributed, shutdown_distributed
@@ -35,6 +35,8 @@ from prunecli.models._registry import user_code_sha256
 from prunecli.models.build import ModelTooLarge
 from prunecli.outputs import claim_output
 from prunecli.stages.checkpoints import check_data_fits_model, data_for_checkpoint, rebuild_model, side_paths, write_config
+from prunecli.stages.scratch import prepare_scratch
+from prunecli.stages.teacher import distillation
 
 StageCfg = Union[TrainConfig, FinetuneConfig]
 
@@ -44,8 +46,6 @@ def train(cfg: TrainConfig, *, output: Path) -> Path:
     if cfg.dataset not in list_datasets():  # a bad name is a bad option (exit 2); missing files are not
         raise OptionError(f"{{dataset}} {cfg.dataset!r}: unknown; valid: {', '.join(list_datasets())}")
     if cfg.arch_from is not None:  # Rethinking's Scratch-E/B: a checkpoint's compressed architecture, freshly initialised
-        from prunecli.stages.scratch import prepare_scratch
-
         with _stage(cfg, Path(output)) as (dist, device):
             run = prepare_scratch(cfg, Path(output))
             if cfg.bn_init is not None:
@@ -93,7 +93,14 @@ def finetune(source: Path, cfg: FinetuneConfig, *, output: Path) -> Path:
 _FIXED_ON_RESUME = ("model", "model_args", "dataset", "image_size", "num_classes", "arch_from", "budget")
 
 
-def resume(path: Path, overrides: Mapping[str, Any], *, output: Optional[Path] = None, stage: Optional[str] = None) -> Path:
+def resume(
+    path: Path,
+    overrides: Mapping[str, Any],
+    *,
+    output: Optional[Path] = None,
+    stage: Optional[str] = None,
+    callbacks: Optional[Callable[..., dict[str, Any]]] = None,
+) -> Path:
     """Continue an interrupted train/finetune run from its last complete epoch.
 
     ``overrides`` are options given again (``--epochs 30`` extends the run); the options
@@ -103,7 +110,8 @@ def resume(path: Path, overrides: Mapping[str, Any], *, output: Optional[Path] =
     state = ckpt.resume
     if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or state.get("stage") not in RESUMABLE:
         raise CheckpointError(f"{path}: has no resume state (only train, finetune and prune --epochs checkpoints can be resumed)")
-    if stage is not None and state["stage"] != stage and "prune" in (stage, state["stage"]):
+    # a pruning run needs its algorithm's callback (stages.while_training), and the commands do not mix
+    if (state["stage"] == "prune" and callbacks is None) or (stage is not None and state["stage"] != stage and "prune" in (stage, state["stage"])):
         raise CheckpointError(f"{path}: a {state['stage']} run; continue it with `prunecli {state['stage']} --resume {path}`")
     stage = state["stage"]
     config_cls = _config_class(stage)
@@ -139,11 +147,8 @@ def resume(path: Path, overrides: Mapping[str, Any], *, output: Optional[Path] =
         template = resumed(ckpt, overrides)
         given = {config_cls.spec(k): v for k, v in overrides.items()}
         options = {**dict(state.get("options") or {}), **{s.key: s.command_line_form(s.coerce(v)) for s, v in given.items()}}
-        fit: dict[str, Any] = {}
-        if stage == "prune":  # the pruning algorithm's callback, rebuilt from the stored options
-            from prunecli.stages.prune import training_callbacks
-
-            fit = training_callbacks(cfg, ckpt, device, model)
+        # a pruning run's algorithm callback, rebuilt from the stored options (stages.while_training)
+        fit = callbacks(cfg, ckpt, device, model) if callbacks is not None else {}
         return _fit(stage, cfg, model, template, bundle, output, dist=dist, device=device, options=options, resume_state=state, **fit)
 
 
@@ -151,8 +156,6 @@ RESUMABLE = ("train", "finetune", "prune")
 
 
 def _config_class(stage: str):
-    from prunecli.config import PruneConfig
-
     return {"train": TrainConfig, "finetune": FinetuneConfig, "prune": PruneConfig}[stage]
 
 
@@ -240,8 +243,6 @@ def _fit(
             raise PruneCliError(f"--sparsity-bn: {template.model.name} has no BatchNorm scales to make sparse")
         callbacks.append(BNSparsity(cfg.sparsity_bn))
     if getattr(cfg, "teacher", None):  # knowledge distillation; the lineage entry records the teacher's file and sha256
-        from prunecli.stages.teacher import distillation
-
         kd, template = distillation(cfg, template)
         callbacks.append(kd)
     total = cfg.epochs if epochs is None else epochs

@@ -1,0 +1,133 @@
+"""`prune --epochs N`: pruning while training, and `prune --resume` of such a run.
+
+The training stage of ``finetune`` (prunecli.stages.train: a checkpoint every epoch,
+resume, torchrun) with a pruning algorithm's callback (prunecli.algorithms: soft,
+gradual, iterative; otherwise one-shot selection before the first epoch). The result
+is a masked checkpoint that ``compress`` shrinks and ``finetune`` continues. One-shot
+pruning is prunecli.stages.prune, whose criterion and calibration helpers this reuses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+
+from prunecli.algorithms import get_algorithm
+from prunecli.algorithms.one_shot import OneShotCallback
+from prunecli.checkpoint import Checkpoint, derive, load_checkpoint
+from prunecli.config import PruneConfig
+from prunecli.errors import OptionError, PruneCliError
+from prunecli.models import example_input
+from prunecli.stages import train as training
+from prunecli.stages.checkpoints import data_for_checkpoint, rebuild_model
+from prunecli.stages.prune import calibration_batches, count_rule, criterion_for
+from prunecli.surgery.masks import apply_masks
+from prunecli.surgery.pruner import Pruner
+
+
+def algorithm_name(cfg: PruneConfig) -> str:
+    """Which registered algorithm the options ask for (prunecli.algorithms)."""
+    if cfg.soft:
+        return "soft"
+    if cfg.prune_schedule is not None:
+        return "gradual"
+    if cfg.rounds is not None:
+        return "iterative"
+    return "one-shot"
+
+
+def prune_while_training(source: Path, cfg: PruneConfig, *, output: Path) -> Path:
+    """``prune --epochs N``: the algorithm's callback on the fine-tuning stage; returns the output path.
+
+    The result is a masked checkpoint (the final selection enforced) that ``compress``
+    shrinks and ``finetune`` continues; ``prune --resume`` continues a killed run.
+    """
+    criterion = criterion_for(cfg)
+    algorithm = get_algorithm(algorithm_name(cfg))
+    why = algorithm.accepts(criterion)
+    if why:
+        raise OptionError(f"{{method}} {cfg.method}: {why}")
+    with training._stage(cfg, output) as (dist, device):
+        parent = load_checkpoint(source)
+        model = rebuild_model(parent, allow_nonfinite=cfg.allow_nonfinite)
+        if parent.masks:
+            apply_masks(model, parent.masks, where=str(source))
+        bundle = data_for_checkpoint(parent, dataset=cfg.dataset, data=cfg.data, download=cfg.download, seed=cfg.seed)
+        extra = dict(parent.extra)
+        extra["prune"] = {
+            "method": cfg.method,
+            "algorithm": algorithm.name,
+            "granularity": cfg.granularity.value,
+            "scope": cfg.scope.value,
+            "rate": cfg.rate,
+            "count_rule": count_rule(cfg, criterion),
+            "epochs": cfg.total_epochs(),
+        }
+        template = derive(parent, "prune", cfg.to_options(), dataset=bundle.spec, state_dict={}, extra=extra)
+        fit = training_callbacks(cfg, template, device, model, source=parent)
+        return training._fit("prune", cfg, model, template, bundle, output, dist=dist, device=device, **fit)
+
+
+def resume_pruning(path: Path, overrides: Mapping[str, Any], *, output: Optional[Path] = None) -> Path:
+    """``prune --resume``: continue a killed ``prune --epochs`` run (its algorithm's callback rebuilt)."""
+    return training.resume(path, overrides, output=output, stage="prune", callbacks=training_callbacks)
+
+
+def rewind_weights(ckpt: Checkpoint, cfg: PruneConfig, model_keys: dict[str, tuple]) -> Optional[dict[str, torch.Tensor]]:
+    """The state dict ``--rewind`` resets to (kept by ``train --save-rewind K``), checked against the model."""
+    want = cfg.rewind_epoch()
+    if want is None:
+        return None
+    what = "init" if want == 0 else f"epoch:{want}"
+    saved = ckpt.extra.get("rewind")
+    if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
+        raise PruneCliError(f"--rewind {what}: {ckpt.path} holds no rewind weights (train it with --save-rewind {want})")
+    if saved.get("epoch") != want:
+        raise PruneCliError(f"--rewind {what}: {ckpt.path} holds the weights of epoch {saved.get('epoch')} (give --rewind {'init' if saved.get('epoch') == 0 else 'epoch:' + str(saved.get('epoch'))})")
+    weights = saved["state_dict"]
+    for name, shape in model_keys.items():
+        t = weights.get(name)
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+            raise PruneCliError(f"--rewind {what}: the rewind weights of {ckpt.path} do not fit its model ({name}); were they saved before a compress?")
+    if set(weights) != set(model_keys):
+        raise PruneCliError(f"--rewind {what}: the rewind weights of {ckpt.path} name other tensors than its model")
+    return weights
+
+
+def training_callbacks(cfg: PruneConfig, ckpt: Checkpoint, device: torch.device, model: torch.nn.Module, *, source: Optional[Checkpoint] = None) -> dict[str, Any]:
+    """`_fit`'s keyword arguments for the algorithm ``cfg`` asks for: its callback, epochs and cycles.
+
+    ``ckpt`` is the run's own checkpoint (or template): its model spec, dataset and extra
+    (rewind weights travel in ``extra``); ``source`` the checkpoint pruned, when starting.
+    """
+    criterion = criterion_for(cfg)
+    algorithm = get_algorithm(algorithm_name(cfg))
+    spec = ckpt.model
+    selection = cfg.selection(count_rule(cfg, criterion))
+    calibration = calibration_batches(source or ckpt, cfg, device) if criterion.needs_data else None
+
+    def make_pruner(model: torch.nn.Module) -> Pruner:
+        return Pruner(
+            model,
+            criterion,
+            selection,
+            example_input=example_input(spec, device=device),
+            granularity=cfg.granularity.value,
+            calibration=calibration,
+            name=spec.name,
+        )
+
+    if algorithm.name == "soft":
+        cb = algorithm.callback(make_pruner, every=cfg.reselect_every, mask_grads=cfg.mask_grads, grouping=cfg.grouping.value)
+        return {"extra_callbacks": [cb]}
+    if algorithm.name == "gradual":
+        return {"extra_callbacks": [algorithm.callback(make_pruner, ramp_epochs=cfg.agp_epochs(), every=cfg.reselect_every)]}
+    if algorithm.name == "iterative":
+        shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        rewind = rewind_weights(source or ckpt, cfg, shapes)
+        cb = algorithm.callback(make_pruner, round_epochs=cfg.epochs, rewind=rewind)
+        return {"extra_callbacks": [cb], "epochs": cfg.total_epochs(), "cycle_epochs": cfg.epochs}
+    return {"extra_callbacks": [OneShotCallback(make_pruner, target_macs=cfg.target_macs)]}
+
