@@ -238,6 +238,12 @@ def test_killed_run_resumes_to_the_same_weights(cli, tmp_path, rewind_base, meth
         (["--method", "l1", "--soft", "--rounds", "2", "--rate", "0.2", "--epochs", "1"], "choose one", 2),
         (["--method", "l1", "--rewind", "init", "--rate", "0.2", "--epochs", "1"], "needs --rounds", 2),
         (["--method", "l1", "--rewind", "epoch:x", "--rate", "0.2", "--epochs", "1"], "expected init", 2),
+        (["--method", "l1", "--soft", "--granularity", "weight", "--rate", "0.2", "--epochs", "1"], "needs --granularity channel", 2),
+        (["--method", "l1", "--soft", "--skip", "*", "--rate", "0.2", "--epochs", "1"], "nothing to prune", 2),
+        (["--method", "l2", "--rounds", "2", "--rate", "0.001", "--epochs", "1"], "nothing selected", 2),
+        (["--method", "l1", "--soft", "--grouping", "layer", "--scope", "global", "--rate", "0.2", "--epochs", "1"], "layerwise", 2),
+        (["--method", "taylor", "--soft", "--grouping", "layer", "--rate", "0.2", "--epochs", "1"], "cannot", 2),
+        (["--method", "l1", "--sparsity-bn", "1e-4", "--rate", "0.2"], "give --epochs", 2),
     ],
 )
 def test_bad_training_options_are_one_line(cli, tmp_path, rewind_base, args, message, code):
@@ -319,7 +325,37 @@ def test_folding_keeps_what_zeroed_filters_still_add_through_their_batchnorm_shi
     plan = pruner.plan()
     apply_masks(model, filter_masks(plan))
     soft = model(x)
-    state = SimpleNamespace(model=model, train_batches=[(x, None)])
+    from prunecli.engine.distributed import DistInfo
+
+    state = SimpleNamespace(model=model, train_batches=[(x, None)], dist=DistInfo())
     assert fold_constant_channels(state, plan) == 1
     pruner.mask(plan)  # the whole group: the BatchNorm's entries and the linear layer's inputs
     assert torch.allclose(model(x), soft, atol=1e-5)
+
+
+def test_resume_keeps_what_the_run_prunes_and_when(cli, tmp_path, rewind_base):
+    """A resumed pruning run cannot change its method, rate or rounds (nor a round's length),
+    and AGP's ramp length is fixed when the run starts, so more --epochs extend it after T."""
+    agp = ["--method", "magnitude", "--granularity", "weight", "--prune-schedule", "agp", "--rate", "0.8", "--epochs", "2", *BASE_ARGS]
+    r = cli("prune", rewind_base, *agp, "-o", tmp_path / "agp.pt", env={"PRUNECLI_INTERRUPT_AFTER_EPOCH": "1"})
+    assert r.code == 130, r.stderr
+    assert "--rate" in one_line_error(cli("prune", "--resume", tmp_path / "agp.pt", "--rate", "0.5"), 2)
+    longer = cli("prune", "--resume", tmp_path / "agp.pt", "--epochs", "4")
+    assert longer.code == 0, longer.stderr
+    ck = load_checkpoint(tmp_path / "agp.pt")
+    assert ck.lineage[-1]["options"]["prune-epochs"] == 1  # 75% of the 2 epochs the run started with
+    w = ck.state_dict["features.2.weight"]
+    assert float((w == 0).float().mean()) == pytest.approx(removed_count(w.numel(), 0.8, "remove-ceil") / w.numel())
+    rounds = ["--method", "magnitude", "--granularity", "weight", "--rounds", "2", "--rate", "0.5", "--epochs", "1", *BASE_ARGS]
+    r = cli("prune", rewind_base, *rounds, "-o", tmp_path / "imp.pt", env={"PRUNECLI_INTERRUPT_AFTER_EPOCH": "1"})
+    assert r.code == 130, r.stderr
+    assert "--epochs" in one_line_error(cli("prune", "--resume", tmp_path / "imp.pt", "--epochs", "2"), 2)
+    assert "a prune run" in one_line_error(cli("finetune", "--resume", tmp_path / "imp.pt"), 1)
+
+
+def test_rounds_stop_at_one_channel_instead_of_failing(cli, tmp_path, rewind_base):
+    args = ["--method", "l1", "--rounds", "3", "--rate", "0.3", "--layer-rate", "features.0=0.9", "--epochs", "1", *BASE_ARGS]
+    r = cli("prune", rewind_base, *args, "-o", tmp_path / "r.pt")
+    assert r.code == 0, r.stderr
+    w = load_checkpoint(tmp_path / "r.pt").state_dict["features.0.weight"]
+    assert int((w.flatten(1).abs().sum(1) != 0).sum()) >= 1

@@ -250,7 +250,20 @@ def recalibrate_batchnorm(state: FitState, max_batches: int = 100) -> int:
         for m, momentum in saved:
             m.momentum = momentum
         state.model.train(was)
+    # every rank saw its own batches: the ranks keep the average, so their models stay equal
+    _average_across_ranks([t for m in bns for t in (m.running_mean, m.running_var) if t is not None], state)
     return used
+
+
+def _average_across_ranks(tensors: list[torch.Tensor], state: FitState) -> None:
+    """In place: each tensor becomes its mean over the torchrun ranks (no-op in one process)."""
+    if not state.dist.enabled:
+        return
+    import torch.distributed as dist
+
+    for t in tensors:
+        dist.all_reduce(t)
+        t.div_(state.dist.world_size)
 
 
 def _in_channel_consumers(unit) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
@@ -283,7 +296,9 @@ def fold_constant_channels(state: FitState, plan: Plan, max_batches: int = 4) ->
     those constant input channels produce and adds it to its bias, as SFP's reference adds
     the pruned channels' BatchNorm values back when it builds the small model. Consumers
     without a bias are followed by a BatchNorm in the usual nets; `recalibrate_batchnorm`
-    re-estimates its statistics afterwards. Returns the number of layers adjusted.
+    re-estimates its statistics afterwards. The hooks keep one running sum per consumer,
+    not the activations; under torchrun the ranks average their sums. Returns the number
+    of layers adjusted.
     """
     targets = []
     for p in plan.pruned:
@@ -295,15 +310,26 @@ def fold_constant_channels(state: FitState, plan: Plan, max_batches: int = 4) ->
                 targets.append((module, gone))
     if not targets or state.train_batches is None:
         return 0
-    inputs: dict[int, list[torch.Tensor]] = {}
+    sums: dict[int, torch.Tensor] = {}
+    counts: dict[int, int] = {}
 
-    def capture(i):
-        def hook(module, args):
-            inputs.setdefault(i, []).append(args[0].detach())
+    def measure(i, module, gone):
+        def hook(_, args):
+            x = args[0]
+            only = torch.zeros_like(x)
+            only[:, gone] = x[:, gone]
+            if isinstance(module, nn.Linear):
+                delta = torch.nn.functional.linear(only, module.weight)
+                total, n = delta.reshape(-1, delta.shape[-1]).double().sum(0), delta.numel() // delta.shape[-1]
+            else:
+                delta = module._conv_forward(only, module.weight, None)
+                total, n = delta.transpose(0, 1).reshape(delta.shape[1], -1).double().sum(1), delta.numel() // delta.shape[1]
+            sums[i] = sums[i] + total if i in sums else total
+            counts[i] = counts.get(i, 0) + n
 
         return hook
 
-    handles = [m.register_forward_pre_hook(capture(i)) for i, (m, _) in enumerate(targets)]
+    handles = [m.register_forward_pre_hook(measure(i, m, gone)) for i, (m, gone) in enumerate(targets)]
     was = state.model.training
     state.model.eval()
     try:
@@ -316,18 +342,11 @@ def fold_constant_channels(state: FitState, plan: Plan, max_batches: int = 4) ->
             h.remove()
         state.model.train(was)
     adjusted = 0
-    for i, (module, gone) in enumerate(targets):
-        if i not in inputs:
+    for i, (module, _) in enumerate(targets):
+        if i not in sums:
             continue
-        x = torch.cat(inputs[i])
-        only = torch.zeros_like(x)
-        only[:, gone] = x[:, gone]
-        if isinstance(module, nn.Linear):
-            delta = torch.nn.functional.linear(only, module.weight)
-            k = delta.reshape(-1, delta.shape[-1]).mean(0)
-        else:
-            delta = module._conv_forward(only, module.weight, None)
-            k = delta.transpose(0, 1).reshape(delta.shape[1], -1).mean(1)
+        k = sums[i] / counts[i]
+        _average_across_ranks([k], state)
         module.bias.add_(k.to(module.bias.dtype))
         adjusted += 1
     return adjusted

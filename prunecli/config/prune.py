@@ -256,6 +256,12 @@ class PruneConfig(FinetuneConfig):
             raise OptionError("{mask_grads} masks gradients between soft re-selections: it needs {soft}")
         if self.grouping is Grouping.layer and not self.soft:
             raise OptionError("{grouping} layer trains per-layer soft masks: it needs {soft}")
+        if self.grouping is Grouping.layer and (self.scope is Scope.global_ or self.round_to > 1):
+            raise OptionError("{grouping} layer selects within each conv at its rate: use {scope} layerwise without {round_to}")
+        if self.soft and self.granularity is not Granularity.channel:
+            raise OptionError("{soft} re-selects filters (SFP/FPGM): it needs {granularity} channel")
+        if self.sparsity_bn and self.epochs == 0:
+            raise OptionError("{sparsity_bn} is a penalty while training: give {epochs} N")
         if self.reselect_every != 1 and not (self.soft or self.prune_schedule is not None):
             raise OptionError("{reselect_every} sets how often --soft or --prune-schedule agp re-select")
         if self.prune_epochs is not None:

@@ -91,6 +91,13 @@ def finetune(source: Path, cfg: FinetuneConfig, *, output: Path) -> Path:
 # options that define what a run trains: a resume that changed them would write a checkpoint
 # whose lineage describes another run (``--data`` may change: a dataset folder can move)
 _FIXED_ON_RESUME = ("model", "model_args", "dataset", "image_size", "num_classes", "arch_from", "budget")
+# and what a pruning run selects and when: changing them mid-run would prune another way
+# than the lineage records (and a round's or the AGP ramp's length is --epochs-derived)
+_FIXED_ON_PRUNING_RESUME = (
+    "method", "rate", "granularity", "scope", "target_macs", "mix_norm", "count_rule", "layer_rate", "layer_rates", "skip",
+    "protect", "round_to", "max_layer_rate", "soft", "mask_grads", "grouping", "reselect_every", "prune_schedule",
+    "prune_epochs", "rounds", "rewind",
+)
 
 
 def resume(
@@ -123,13 +130,16 @@ def resume(
     except OptionError as e:
         raise CheckpointError(f"{path}: its resume state holds invalid options ({e})") from None
     cfg = config_cls.from_options({**stored, **overrides})
-    for name in _FIXED_ON_RESUME:
+    fixed = _FIXED_ON_RESUME + (_FIXED_ON_PRUNING_RESUME if state["stage"] == "prune" else ())
+    if state["stage"] == "prune" and cfg.rounds is not None:
+        fixed += ("epochs",)  # a round is --epochs long
+    for name in fixed:
         if name in known and getattr(cfg, name) != getattr(before, name):
             raise OptionError(
                 f"{{{name}}} {getattr(cfg, name)!r}: {path} continues a run of {name} {getattr(before, name)!r}; "
                 "a resumed run keeps it (start a new run to change it)"
             )
-    total = cfg.total_epochs() if stage == "prune" else cfg.epochs
+    total = cfg.total_epochs() if state["stage"] == "prune" else cfg.epochs
     if total < state["epoch"]:
         raise OptionError(f"{{epochs}} {cfg.epochs}: {path} has already trained {state['epoch']} epochs; give at least that many (more extends the run)")
     output = Path(output or path)

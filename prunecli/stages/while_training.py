@@ -49,6 +49,13 @@ def prune_while_training(source: Path, cfg: PruneConfig, *, output: Path) -> Pat
     why = algorithm.accepts(criterion)
     if why:
         raise OptionError(f"{{method}} {cfg.method}: {why}")
+    if cfg.granularity.value not in criterion.granularities:
+        raise OptionError(f"{{method}} {cfg.method} prunes at {{granularity}} {', '.join(criterion.granularities)}, not {cfg.granularity.value}")
+    if cfg.grouping.value == "layer" and (criterion.needs_data or cfg.method == "slimming"):
+        raise OptionError(f"{{grouping}} layer scores each conv's own filters from its weights: {{method}} {cfg.method} cannot (use l1, l2 or geomedian)")
+    if cfg.prune_schedule is not None and cfg.prune_epochs is None:
+        # the ramp's length is part of the run: a resume with more --epochs must not move it
+        cfg = cfg.replace(prune_epochs=cfg.agp_epochs())
     with training._stage(cfg, output) as (dist, device):
         parent = load_checkpoint(source)
         model = rebuild_model(parent, allow_nonfinite=cfg.allow_nonfinite)
@@ -66,6 +73,7 @@ def prune_while_training(source: Path, cfg: PruneConfig, *, output: Path) -> Pat
             "epochs": cfg.total_epochs(),
         }
         template = derive(parent, "prune", cfg.to_options(), dataset=bundle.spec, state_dict={}, extra=extra)
+        _check_selects_something(cfg, criterion, parent, model)
         fit = training_callbacks(cfg, template, device, model, source=parent)
         return training._fit("prune", cfg, model, template, bundle, output, dist=dist, device=device, **fit)
 
@@ -131,3 +139,25 @@ def training_callbacks(cfg: PruneConfig, ckpt: Checkpoint, device: torch.device,
         return {"extra_callbacks": [cb], "epochs": cfg.total_epochs(), "cycle_epochs": cfg.epochs}
     return {"extra_callbacks": [OneShotCallback(make_pruner, target_macs=cfg.target_macs)]}
 
+
+
+def _check_selects_something(cfg: PruneConfig, criterion, parent: Checkpoint, model: torch.nn.Module) -> None:
+    """One dry selection on the starting weights (a copy) at the final rate: options that select
+    nothing fail now, in one line, as one-shot's do, rather than after a training run."""
+    import copy
+
+    from prunecli.stages.prune import _check_something_selected
+
+    work = copy.deepcopy(model).eval()
+    calibration = calibration_batches(parent, cfg, torch.device("cpu")) if criterion.needs_data else None
+    pruner = Pruner(
+        work,
+        criterion,
+        cfg.selection(count_rule(cfg, criterion)),
+        example_input=example_input(parent.model),
+        granularity=cfg.granularity.value,
+        calibration=calibration,
+        name=parent.model.name,
+    )
+    plan = pruner.plan_for_macs(cfg.target_macs) if cfg.target_macs is not None else pruner.plan()
+    _check_something_selected(plan, cfg)

@@ -241,11 +241,22 @@ def select_weights_layerwise(
             continue
         gone = already.get(p.unit.index, torch.empty(0, dtype=torch.long))
         alive = p.size - len(gone)
-        n = alive - kept_count(alive, p.rate, 1, p.unit.root, rule) if p.rate > 0 and alive > 0 else 0
+        n = _remaining_count(alive, p.rate, 1, p.unit.root, rule) if len(gone) else (alive - kept_count(alive, p.rate, 1, p.unit.root, rule) if p.rate > 0 else 0)
         s = scores[p.unit.index].clone()
         s[gone] = -math.inf  # first in the order: the already-pruned entries stay pruned
         p.prune = torch.sort(s, stable=True).indices[: len(gone) + n]
         p.rate = len(p.prune) / p.size if len(gone) else p.rate
+
+
+def _remaining_count(alive: int, rate: float, step: int, where: str, rule: Optional[str]) -> int:
+    """How many of the ``alive`` entries a round removes; a round never takes the last one
+    (later rounds of iterative pruning stop at one channel or weight instead of failing)."""
+    if rate <= 0 or alive <= 1:
+        return 0
+    try:
+        return alive - kept_count(alive, rate, step, where, rule)
+    except OptionError:
+        return alive - 1
 
 
 def select_layerwise_remaining(plans: list[UnitPlan], scores: dict[int, torch.Tensor], sel: Selection, already: dict[int, torch.Tensor]) -> None:
@@ -262,7 +273,7 @@ def select_layerwise_remaining(plans: list[UnitPlan], scores: dict[int, torch.Te
         gone = already.get(u.index, torch.empty(0, dtype=torch.long))
         alive = p.size - len(gone)
         step = math.lcm(sel.round_to, u.multiple) if u.conv_groups == 1 else 1
-        n = alive - kept_count(alive, p.rate, step, u.root, sel.count_rule) if p.rate > 0 else 0
+        n = _remaining_count(alive, p.rate, step, u.root, sel.count_rule)
         s = scores[u.index].clone()
         s[gone] = -math.inf
         p.prune = torch.sort(torch.sort(s, stable=True).indices[: len(gone) + n]).values
