@@ -90,6 +90,31 @@ def count_rule(cfg: PruneConfig, criterion: Criterion) -> str:
     return criterion.count_rule if rule == "reference" else rule
 
 
+def pruner_for(cfg: PruneConfig, criterion: Criterion, model: torch.nn.Module, spec, device: torch.device, calibration=None) -> Pruner:
+    """The Pruner ``cfg`` asks for on ``model`` (its selection with the method's count rule)."""
+    return Pruner(
+        model,
+        criterion,
+        cfg.selection(count_rule(cfg, criterion)),
+        example_input=example_input(spec, device=device),
+        granularity=cfg.granularity.value,
+        calibration=calibration,
+        name=spec.name,
+    )
+
+
+def prune_record(cfg: PruneConfig, criterion: Criterion, algorithm: str, rate: Optional[float]) -> dict[str, Any]:
+    """What a pruned checkpoint's ``extra["prune"]`` says about how it was pruned."""
+    return {
+        "method": cfg.method,
+        "algorithm": algorithm,
+        "granularity": cfg.granularity.value,
+        "scope": cfg.scope.value,
+        "rate": rate,
+        "count_rule": count_rule(cfg, criterion),
+    }
+
+
 def prune_checkpoint(source: Path, cfg: PruneConfig, *, output: Path) -> PruneReport:
     """One-shot pruning; ``--epochs N`` is prunecli.stages.while_training."""
     if cfg.training:
@@ -106,29 +131,13 @@ def _prune(source: Path, cfg: PruneConfig, output: Path, criterion: Criterion, a
     spec = ckpt.model
     example = example_input(spec, device=device)
     shape = tuple(example.shape[1:])
-    pruner = Pruner(
-        model,
-        criterion,
-        cfg.selection(count_rule(cfg, criterion)),
-        example_input=example,
-        granularity=cfg.granularity.value,
-        calibration=calibration_batches(ckpt, cfg, device) if criterion.needs_data else None,
-        name=spec.name,
-    )
+    calibration = calibration_batches(ckpt, cfg, device) if criterion.needs_data else None
+    pruner = pruner_for(cfg, criterion, model, spec, device, calibration)
     before = count_complexity(model, shape)
     plan = algorithm.plan(pruner, target_macs=cfg.target_macs)
-    _check_something_selected(plan, cfg)
+    check_something_selected(plan, cfg)
     extra = dict(ckpt.extra)
-    extra["prune"] = {
-        "method": cfg.method,
-        "algorithm": algorithm.name,
-        "granularity": cfg.granularity.value,
-        "scope": cfg.scope.value,
-        "rate": plan.rate,
-        "count_rule": count_rule(cfg, criterion),
-        "target_macs": cfg.target_macs,
-        "layers": [vars(r) for r in plan.rows()],
-    }
+    extra["prune"] = {**prune_record(cfg, criterion, algorithm.name, plan.rate), "target_macs": cfg.target_macs, "layers": [vars(r) for r in plan.rows()]}
     options = cfg.to_options()
     notes = list(plan.notes)
     if cfg.compress:
@@ -158,7 +167,7 @@ def _prune(source: Path, cfg: PruneConfig, output: Path, criterion: Criterion, a
     )
 
 
-def _check_something_selected(plan: Plan, cfg: PruneConfig) -> None:
+def check_something_selected(plan: Plan, cfg: PruneConfig) -> None:
     """A "pruned" checkpoint with nothing pruned is a mistake in the options: say which one."""
     eligible = [p for p in plan.units if p.status == "prune"]
     if cfg.granularity.value == "channel" and cfg.round_to > 1 and eligible:

@@ -9,6 +9,7 @@ pruning is prunecli.stages.prune, whose criterion and calibration helpers this r
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -19,10 +20,9 @@ from prunecli.algorithms.one_shot import OneShotCallback
 from prunecli.checkpoint import Checkpoint, derive, load_checkpoint
 from prunecli.config import PruneConfig
 from prunecli.errors import OptionError, PruneCliError
-from prunecli.models import example_input
 from prunecli.stages import train as training
 from prunecli.stages.checkpoints import data_for_checkpoint, rebuild_model
-from prunecli.stages.prune import calibration_batches, count_rule, criterion_for
+from prunecli.stages.prune import calibration_batches, check_something_selected, criterion_for, prune_record, pruner_for
 from prunecli.surgery.masks import apply_masks
 from prunecli.surgery.pruner import Pruner
 
@@ -63,15 +63,7 @@ def prune_while_training(source: Path, cfg: PruneConfig, *, output: Path) -> Pat
             apply_masks(model, parent.masks, where=str(source))
         bundle = data_for_checkpoint(parent, dataset=cfg.dataset, data=cfg.data, download=cfg.download, seed=cfg.seed)
         extra = dict(parent.extra)
-        extra["prune"] = {
-            "method": cfg.method,
-            "algorithm": algorithm.name,
-            "granularity": cfg.granularity.value,
-            "scope": cfg.scope.value,
-            "rate": cfg.rate,
-            "count_rule": count_rule(cfg, criterion),
-            "epochs": cfg.total_epochs(),
-        }
+        extra["prune"] = {**prune_record(cfg, criterion, algorithm.name, cfg.rate), "epochs": cfg.total_epochs()}
         template = derive(parent, "prune", cfg.to_options(), dataset=bundle.spec, state_dict={}, extra=extra)
         _check_selects_something(cfg, criterion, parent, model)
         fit = training_callbacks(cfg, template, device, model, source=parent)
@@ -113,19 +105,10 @@ def training_callbacks(cfg: PruneConfig, ckpt: Checkpoint, device: torch.device,
     criterion = criterion_for(cfg)
     algorithm = get_algorithm(algorithm_name(cfg))
     spec = ckpt.model
-    selection = cfg.selection(count_rule(cfg, criterion))
     calibration = calibration_batches(source or ckpt, cfg, device) if criterion.needs_data else None
 
     def make_pruner(model: torch.nn.Module) -> Pruner:
-        return Pruner(
-            model,
-            criterion,
-            selection,
-            example_input=example_input(spec, device=device),
-            granularity=cfg.granularity.value,
-            calibration=calibration,
-            name=spec.name,
-        )
+        return pruner_for(cfg, criterion, model, spec, device, calibration)
 
     if algorithm.name == "soft":
         cb = algorithm.callback(make_pruner, every=cfg.reselect_every, mask_grads=cfg.mask_grads, grouping=cfg.grouping.value)
@@ -144,20 +127,8 @@ def training_callbacks(cfg: PruneConfig, ckpt: Checkpoint, device: torch.device,
 def _check_selects_something(cfg: PruneConfig, criterion, parent: Checkpoint, model: torch.nn.Module) -> None:
     """One dry selection on the starting weights (a copy) at the final rate: options that select
     nothing fail now, in one line, as one-shot's do, rather than after a training run."""
-    import copy
-
-    from prunecli.stages.prune import _check_something_selected
-
-    work = copy.deepcopy(model).eval()
-    calibration = calibration_batches(parent, cfg, torch.device("cpu")) if criterion.needs_data else None
-    pruner = Pruner(
-        work,
-        criterion,
-        cfg.selection(count_rule(cfg, criterion)),
-        example_input=example_input(parent.model),
-        granularity=cfg.granularity.value,
-        calibration=calibration,
-        name=parent.model.name,
-    )
+    cpu = torch.device("cpu")
+    calibration = calibration_batches(parent, cfg, cpu) if criterion.needs_data else None
+    pruner = pruner_for(cfg, criterion, copy.deepcopy(model).eval(), parent.model, cpu, calibration)
     plan = pruner.plan_for_macs(cfg.target_macs) if cfg.target_macs is not None else pruner.plan()
-    _check_something_selected(plan, cfg)
+    check_something_selected(plan, cfg)
