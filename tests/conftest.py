@@ -59,6 +59,14 @@ def cli(capsys, monkeypatch):
     return run
 
 
+def default_sigint() -> None:
+    """Popen's preexec_fn for a child the test will Ctrl-C: a runner started as a background
+    job ignores SIGINT, and a child inherits that, so give it the default disposition."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_process(args: list[str], *, cwd: Path | None = None, env: dict | None = None, stdin: str | None = None, timeout: float = 300):
     full_env = {**os.environ, **(env or {})}
     proc = subprocess.run(

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, final_error_line, one_line_error
+from conftest import TINY, default_sigint, final_error_line, one_line_error
 from prunecli.outputs import claim_output
 
 RSS_BOUND_KB = 1_500_000  # a prunecli process opening a conv4 checkpoint peaks at ~0.75 GB (torch itself)
@@ -507,6 +507,7 @@ def test_ctrl_c_says_what_was_written(tmp_path, tiny_base):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=default_sigint,
     )
     time.sleep(8)
     proc.send_signal(signal.SIGINT)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import TINY, final_error_line, one_line_error, run_process
+from conftest import TINY, default_sigint, final_error_line, one_line_error, run_process
 
 from prunecli.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, sha256_file
 
@@ -157,7 +157,7 @@ def test_signal_mid_epoch_leaves_last_complete_checkpoint(tmp_path, sig):
     metrics = tmp_path / "run.metrics.jsonl"
     # an epoch long enough to be interrupted in the middle (about a second per epoch)
     cmd = [sys.executable, "-m", "prunecli", "train", "--model", "resnet20", "--dataset", "synthetic", "--image-size", "16", "--epochs", "50", "--device", "cpu", "--batch-size", "32", "-o", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     deadline = time.time() + 240
     while time.time() < deadline and (not metrics.exists() or not metrics.read_text().strip()):
         time.sleep(0.05)
