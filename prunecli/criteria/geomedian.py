@@ -9,6 +9,7 @@ filters, which merges filters of opposite sign; the distances here are on the ra
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Optional
 
 import torch
 
@@ -56,7 +57,9 @@ class GeometricMedian(Criterion):
             raise OptionError(f"{{mix_norm}} {mix_norm}: the FPGM-mix norm share must be in [0, 1]")
         self.mix_norm = float(mix_norm)
 
-    def channel_scores(self, unit) -> torch.Tensor:
+    def channel_scores(self, unit) -> Optional[torch.Tensor]:
+        if not unit.producers:  # a channel selection's unit: no filters to compare
+            return None
         return distance_sums(unit, torch.ones(unit.channels, dtype=torch.bool))
 
     def _norm_count(self, size: int, rate: float) -> int:

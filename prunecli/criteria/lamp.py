@@ -9,6 +9,8 @@ suffix sums are accumulated directly, in float64.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from prunecli.criteria._registry import Criterion, register_criterion, scatter_to_unit
@@ -40,7 +42,9 @@ class LAMP(Criterion):
     granularities = ("channel", "weight")
     global_normalizer = None
 
-    def channel_scores(self, unit) -> torch.Tensor:
+    def channel_scores(self, unit) -> Optional[torch.Tensor]:
+        if not unit.producers:  # a channel selection's unit: no filters to measure
+            return None
         squares = [producer_filters(p).pow(2).sum(1) for p in unit.producers]
         return lamp_normalize(scatter_to_unit(unit, squares, unit.producers))
 

@@ -17,6 +17,8 @@ same numbers (tests/test_methods.py checks that).
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -53,7 +55,9 @@ class _FilterNorm(Criterion):
     global_normalizer = "mean"  # norms scale with fan-in; divide by each unit's mean
     p: float = 2.0
 
-    def channel_scores(self, unit: Unit) -> torch.Tensor:
+    def channel_scores(self, unit: Unit) -> Optional[torch.Tensor]:
+        if not unit.producers:  # a channel selection's unit: no filters to measure
+            return None
         return filter_norms(unit, self.p)
 
     def weight_scores(self, name: str, param: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,10 @@ Slimming paper's table (1.02M params, 5.33e8 FLOPs) matches it: the default here
 Slimming's PyTorch reference code uses 2k = 24 channels instead (1,059,298 params, 2.83e8
 MACs): ``--model-arg stem_channels=24``.
 
-Network Slimming's reference also inserts a data-dependent ``channel_selection`` layer
-after every BN; it is left out here (dependency-graph tracing cannot follow it) and the
-pruning code selects those channels.
+Network Slimming's reference also inserts a ``channel_selection`` layer after every BN,
+each of which reads the concatenated stream. The model is built without it;
+``stream_norms()`` names those BatchNorms, and ``prune --method slimming`` inserts
+prunecli's selection layer in front of them (prunecli.models.channel_selection).
 
 Module names: ``conv1`` (stem), ``dense1``..``dense3`` (blocks of layers with ``bn``,
 ``conv``), ``trans1``, ``trans2`` (``bn``, ``conv``, ``pool``), ``bn`` (final), ``fc``.
@@ -86,6 +87,15 @@ class DenseNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
         slimming_init(self)
+
+    def stream_norms(self) -> list[str]:
+        """Every BatchNorm: each reads the concatenation (dense layers, transitions, the final ``bn``)."""
+        names: list[str] = []
+        for block, transition in (("dense1", "trans1"), ("dense2", "trans2"), ("dense3", None)):
+            names += [f"{block}.{i}.bn" for i in range(len(getattr(self, block)))]
+            if transition:
+                names.append(f"{transition}.bn")
+        return names + ["bn"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.trans1(self.dense1(self.conv1(x)))

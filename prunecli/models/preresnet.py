@@ -11,9 +11,10 @@ the shortcut; where the shape changes the shortcut is a strided conv1x1 without 
 following block's BN normalises the sum). A final BN-ReLU follows the last stage.
 
 Network Slimming's reference inserts a ``channel_selection`` layer after each block's
-first BN so that pruning that BN drops inputs of conv1 without touching the residual
-width. That layer indexes channels with a data-dependent mask, which dependency-graph
-tracing cannot follow; it is left out here and the pruning code selects those channels.
+first BN (and after the final BN) so that pruning that BN drops inputs of conv1 without
+touching the residual width. The model is built without it; ``stream_norms()`` names those
+BatchNorms, and ``prune --method slimming`` inserts prunecli's selection layer in front of
+them (prunecli.models.channel_selection), recorded in the checkpoint as a converter.
 
 Module names: ``conv1`` (stem), ``layer1``..``layer3`` holding blocks with ``bn1``,
 ``conv1``, ``bn2``, ``conv2``, ``bn3``, ``conv3`` and ``shortcut``; ``bn`` (final), ``fc``.
@@ -78,6 +79,11 @@ class PreActResNet(nn.Module):
         self.fc = nn.Linear(channels, num_classes)
         slimming_init(self)
 
+    def stream_norms(self) -> list[str]:
+        """The BatchNorms that read the residual stream: each block's ``bn1`` and the final ``bn``."""
+        names = [f"{stage}.{i}.bn1" for stage in ("layer1", "layer2", "layer3") for i in range(len(getattr(self, stage)))]
+        return names + ["bn"]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer3(self.layer2(self.layer1(self.conv1(x))))
         x = self.relu(self.bn(x))
@@ -85,6 +91,9 @@ class PreActResNet(nn.Module):
 
 
 @register_model
-def preresnet164(*, in_channels: int = 3, num_classes: int = 10, image_size: int = 32) -> PreActResNet:
+def preresnet164(*, in_channels: int = 3, num_classes: int = 10, image_size: int = 32, depth: int = 164) -> PreActResNet:
     """Pre-activation ResNet-164 for CIFAR, Network Slimming's (He et al., arXiv:1603.05027; Liu et al., arXiv:1708.06519)."""
-    return PreActResNet(18, in_channels=in_channels, num_classes=num_classes)
+    # three stages of bottlenecks (three convs each), plus the stem and the classifier
+    if depth < 11 or (depth - 2) % 9:
+        raise ValueError(f"depth must be 9n + 2 with n >= 1 (e.g. 164, 1001), got {depth}")
+    return PreActResNet((depth - 2) // 9, in_channels=in_channels, num_classes=num_classes)

@@ -4,6 +4,8 @@ A `Unit` is one Torch-Pruning group rooted at the output channels of a conv or l
 layer: removing channel c of a unit removes it from every coupled layer at once (the
 producers' filters, their BatchNorm scale and shift, the consumers' input channels,
 residual adds, concatenations and depthwise convs). Units are listed in module order.
+A group rooted at a channel-selection layer (prunecli.models.channel_selection) is a unit
+too: it has no producers, only the selected BatchNorm and the next conv's inputs.
 
 A `LayerWeights` is the unit of ``--granularity weight``: one layer's weight tensor,
 whose entries are selected one by one. Both kinds go through the same selection rules
@@ -69,7 +71,8 @@ class Unit:
 
     @property
     def producer_names(self) -> list[str]:
-        return [p.name for p in self.producers]
+        """The layers ``--skip`` and ``--layer-rate`` globs match: the producers, or the root of a unit without any."""
+        return [p.name for p in self.producers] or [self.root]
 
     @property
     def size(self) -> int:
@@ -148,10 +151,12 @@ def units(graph: Graph) -> list[Unit]:
     ids = layer_numbers(model)
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     routing = routing_layer_types()
+    # a routing layer whose outputs are a group of their own (Network Slimming's channel selection)
+    roots = PRUNABLE_TYPES + tuple(t for t in routing if getattr(t, "starts_unit", False))
     try:
         with deadline(TRACE_TIMEOUT_S, f"listing the pruning groups of {graph.name}"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            groups = list(dg.get_all_groups(root_module_types=PRUNABLE_TYPES))
+            groups = list(dg.get_all_groups(root_module_types=roots))
     except PruneCliError:
         raise
     except Exception as e:
@@ -188,14 +193,17 @@ def units(graph: Graph) -> list[Unit]:
                 routes.append(view)
             elif any(True for _ in module.parameters(recurse=False)):
                 others.append(mname)
-        if not producers:
+        selections = [r for r in routes if getattr(r.module, "starts_unit", False)]
+        if not producers and not selections:
             continue
         positions, conv_groups, unprunable = _group_positions(group, names, len(group.items[0].idxs))
         producers.sort(key=lambda p: order.get(p.name, 0))
+        # a selection's unit has no filters: its BatchNorm names it (what tables and --skip globs show)
+        root = producers[0].name if producers else (norms[0].name if norms else selections[0].name)
         found.append(
             Unit(
                 index=0,
-                root=producers[0].name,
+                root=root,
                 tp_root=names[group.items[0].dep.target.module],
                 channels=len(group.items[0].idxs),
                 producers=producers,
