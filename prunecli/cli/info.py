@@ -55,6 +55,12 @@ def _print_info(s: dict, table, show_layers: bool) -> None:
         t.add_row("dataset", f"{d['name']}" + (f" at {d['root']}" if d.get("root") else ""))
     t.add_row("MACs / params", f"{human(s['macs'])} / {human(s['params'])}")
     t.add_row("structure", f"compressed ({s['structure_steps']} pruning steps replayed)" if s["compressed"] else "as built")
+    for conv in s["converters"]:
+        if conv.get("name") == "channel-selection":
+            n = len((conv.get("args") or {}).get("norms") or [])
+            t.add_row("converted", f"channel selection in front of {n} stream BatchNorm(s) (Network Slimming; prune --stream-bn select)")
+        else:
+            t.add_row("converted", str(conv.get("name")))
     if s["masked_parameters"]:
         t.add_row("masks", f"{s['masked_parameters']} parameters, {s['masked_entries']:,} entries pruned")
     if s["metrics"]:

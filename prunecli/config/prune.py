@@ -56,6 +56,13 @@ class Grouping(str, enum.Enum):
     layer = "layer"  # every conv its own selection, as the FPGM/SFP references train
 
 
+class StreamBN(str, enum.Enum):
+    """How a BatchNorm that reads a residual or concatenated stream is pruned (``--stream-bn``)."""
+
+    select = "select"  # a channel-selection layer: only the next conv's inputs go (Network Slimming)
+    couple = "couple"  # one dependency group: the stream's channels go from every layer on it
+
+
 REWIND = re.compile(r"^(none|init|epoch:(\d{1,6}))$")
 
 
@@ -157,6 +164,14 @@ class PruneConfig(FinetuneConfig):
         help="How many a rate removes: reference (the method's own code: l1 and most keep int(C*(1-r)), "
         "l2/geomedian remove int(C*r), magnitude ceil(n*r), slimming int(N*r)+1), keep-floor, remove-floor, "
         "remove-ceil, threshold.",
+        panel=PANEL_WHAT,
+    )
+    # None: select with slimming (its paper's structure, which its numbers need), else couple
+    stream_bn: Optional[StreamBN] = option(
+        None,
+        help="PreResNet/DenseNet BatchNorms reading the residual or concatenated stream: select (the default with "
+        "slimming, as its paper: a channel-selection layer removes only the next conv's inputs, the stream keeps its "
+        "width) or couple (the stream's channels leave every layer on it at once; the only way for filter criteria).",
         panel=PANEL_WHAT,
     )
     compress: bool = option(

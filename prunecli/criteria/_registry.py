@@ -28,6 +28,8 @@ Contract (units are Torch-Pruning dependency groups, see prunecli.surgery.units.
   (raw scores already comparable, e.g. BatchNorm scales).
 * ``weight_global_normalizer`` -- the same for weight scores of different layers; None by
   default (one global magnitude threshold, as in Han et al.).
+* ``scores_selection`` -- True when the criterion scores channel-selection units (which
+  have a BatchNorm but no filters): ``prune --stream-bn select`` is then its default.
 """
 
 from __future__ import annotations
@@ -97,6 +99,9 @@ class Criterion:
     weight_global_normalizer: Optional[str] = None
     # Li et al.'s int(C * (1 - rate)) kept: the rule of every method whose reference does not say otherwise
     count_rule: str = "keep-floor"
+    # scores a channel selection's unit (a BatchNorm and the next conv's inputs, no filters):
+    # prune --stream-bn select inserts those units for it (prunecli.models.channel_selection)
+    scores_selection: bool = False
 
     def __init__(self) -> None:
         pass

@@ -36,11 +36,18 @@ class NetworkSlimming(Criterion):
     prunecli does not take the ties (on equal scales, e.g. untrained, they would empty
     layers). Unlike the reference, no layer is ever emptied (it fails at ResNet-164 /
     CIFAR-100 / 60%).
+
+    On pre-activation nets (PreResNet, DenseNet) the BatchNorms that read the residual or
+    concatenated stream are pruned through a channel-selection layer by default, as the
+    reference does: only the next conv's inputs go (``prune --stream-bn``,
+    prunecli.models.channel_selection). The stream's own groups hold no BatchNorm then, so
+    they are unscored and keep their width, as in the reference.
     """
 
     granularities = ("channel",)
     global_normalizer = None
     count_rule = "threshold"
+    scores_selection = True
 
     def channel_scores(self, unit) -> Optional[torch.Tensor]:
         bns = batchnorms(unit)

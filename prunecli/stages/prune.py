@@ -10,7 +10,7 @@ With ``--epochs N`` the stage prunes while training instead: prunecli.stages.whi
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -26,6 +26,7 @@ from prunecli.engine.distributed import resolve_device
 from prunecli.errors import OptionError, PruneCliError
 from prunecli.metrics.complexity import Complexity, count_complexity
 from prunecli.models import example_input
+from prunecli.models.channel_selection import CONVERTER as SELECTION, insert_channel_selection, renamed, stream_norms
 from prunecli.outputs import claim_output
 from prunecli.stages.checkpoints import data_for_checkpoint, derive_compressed, load_model
 from prunecli.surgery.equivalence import difference, outputs, probe_batch
@@ -90,6 +91,55 @@ def count_rule(cfg: PruneConfig, criterion: Criterion) -> str:
     return criterion.count_rule if rule == "reference" else rule
 
 
+def stream_bn(cfg: PruneConfig, criterion: Criterion) -> str:
+    """--stream-bn resolved: ``select`` by default for criteria that score selection units (slimming)."""
+    if cfg.stream_bn is None:
+        return "select" if criterion.scores_selection else "couple"
+    if cfg.stream_bn.value == "select" and not criterion.scores_selection:
+        raise OptionError(
+            f"{{stream_bn}} select prunes a BatchNorm and the next conv's inputs, which have no filters for {{method}} "
+            f"{cfg.method} to score: use slimming, or {{stream_bn}} couple"
+        )
+    return cfg.stream_bn.value
+
+
+def with_channel_selection(ckpt: Checkpoint, model: torch.nn.Module, cfg: PruneConfig, criterion: Criterion) -> tuple[Checkpoint, torch.nn.Module]:
+    """``--stream-bn select``: channel-selection layers in front of the model's stream BatchNorms.
+
+    Network Slimming's structure (prunecli.models.channel_selection). The conversion is
+    recorded in the returned checkpoint's converters, and the parent's masks, weights and
+    rewind weights are renamed to the converted model's tensors, so every file derived from
+    it rebuilds from the file alone. A model without stream BatchNorms, or one converted
+    already, is returned as it is.
+    """
+    if stream_bn(cfg, criterion) != "select" or any(c.get("name") == SELECTION for c in ckpt.converters):
+        return ckpt, model
+    norms = stream_norms(model)
+    if not norms:
+        if cfg.stream_bn is not None:
+            raise OptionError(f"{{stream_bn}} select: {ckpt.model.name} names no BatchNorm that reads a residual or concatenated stream (it has no stream_norms())")
+        return ckpt, model
+    if ckpt.structure:
+        # the recorded pruning history names the BatchNorms as they were: a selection cannot go in front of them now
+        raise OptionError(
+            f"{{stream_bn}} select: {ckpt.path} is already compressed without channel selection; prune its uncompressed "
+            "parent, or pass {stream_bn} couple"
+        )
+    model = insert_channel_selection(model, norms=norms)
+    extra = dict(ckpt.extra)
+    rewind = extra.get("rewind")
+    if isinstance(rewind, dict) and isinstance(rewind.get("state_dict"), dict):
+        extra["rewind"] = {**rewind, "state_dict": renamed(rewind["state_dict"], norms)}
+    converted = replace(
+        ckpt,
+        converters=[*ckpt.converters, {"name": SELECTION, "args": {"norms": norms}}],
+        masks=renamed(ckpt.masks, norms),
+        state_dict=renamed(ckpt.state_dict, norms),
+        extra=extra,
+    )
+    return converted, model
+
+
 def pruner_for(cfg: PruneConfig, criterion: Criterion, model: torch.nn.Module, spec, device: torch.device, calibration=None) -> Pruner:
     """The Pruner ``cfg`` asks for on ``model`` (its selection with the method's count rule)."""
     return Pruner(
@@ -112,6 +162,7 @@ def prune_record(cfg: PruneConfig, criterion: Criterion, algorithm: str, rate: O
         "scope": cfg.scope.value,
         "rate": rate,
         "count_rule": count_rule(cfg, criterion),
+        "stream_bn": stream_bn(cfg, criterion),
     }
 
 
@@ -120,6 +171,7 @@ def prune_checkpoint(source: Path, cfg: PruneConfig, *, output: Path) -> PruneRe
     if cfg.training:
         raise PruneCliError("prune_checkpoint prunes once: with epochs > 0 call prunecli.stages.while_training.prune_while_training")
     criterion = criterion_for(cfg)
+    stream_bn(cfg, criterion)  # a --stream-bn the method cannot use fails before anything is claimed
     algorithm = get_algorithm("one-shot")
     device = resolve_device(cfg.device)
     with claim_output(Path(output), overwrite=cfg.overwrite):  # checked and locked before any work
@@ -128,6 +180,7 @@ def prune_checkpoint(source: Path, cfg: PruneConfig, *, output: Path) -> PruneRe
 
 def _prune(source: Path, cfg: PruneConfig, output: Path, criterion: Criterion, algorithm, device: torch.device) -> PruneReport:
     ckpt, model = load_model(source, device=device, allow_nonfinite=cfg.allow_nonfinite)
+    ckpt, model = with_channel_selection(ckpt, model, cfg, criterion)
     spec = ckpt.model
     example = example_input(spec, device=device)
     shape = tuple(example.shape[1:])

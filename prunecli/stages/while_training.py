@@ -22,7 +22,7 @@ from prunecli.config import PruneConfig
 from prunecli.errors import OptionError, PruneCliError
 from prunecli.stages import train as training
 from prunecli.stages.checkpoints import data_for_checkpoint, rebuild_model
-from prunecli.stages.prune import calibration_batches, check_something_selected, criterion_for, prune_record, pruner_for
+from prunecli.stages.prune import calibration_batches, check_something_selected, criterion_for, prune_record, pruner_for, stream_bn, with_channel_selection
 from prunecli.surgery.masks import apply_masks
 from prunecli.surgery.pruner import Pruner
 
@@ -45,6 +45,7 @@ def prune_while_training(source: Path, cfg: PruneConfig, *, output: Path) -> Pat
     shrinks and ``finetune`` continues; ``prune --resume`` continues a killed run.
     """
     criterion = criterion_for(cfg)
+    stream_bn(cfg, criterion)  # a --stream-bn the method cannot use fails before anything is claimed
     algorithm = get_algorithm(algorithm_name(cfg))
     why = algorithm.accepts(criterion)
     if why:
@@ -61,6 +62,7 @@ def prune_while_training(source: Path, cfg: PruneConfig, *, output: Path) -> Pat
         model = rebuild_model(parent, allow_nonfinite=cfg.allow_nonfinite)
         if parent.masks:
             apply_masks(model, parent.masks, where=str(source))
+        parent, model = with_channel_selection(parent, model, cfg, criterion)
         bundle = data_for_checkpoint(parent, dataset=cfg.dataset, data=cfg.data, download=cfg.download, seed=cfg.seed)
         extra = dict(parent.extra)
         extra["prune"] = {**prune_record(cfg, criterion, algorithm.name, cfg.rate), "epochs": cfg.total_epochs()}
