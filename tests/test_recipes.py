@@ -31,6 +31,10 @@ def test_the_settings_the_issue_names_are_shipped():
         "fpgm/resnet50-imagenet-30",
         "fpgm/resnet50-imagenet-40",
         "slimming/vgg19-cifar10-70",
+        "slimming/preresnet164-cifar10-40",
+        "slimming/preresnet164-cifar10-60",
+        "slimming/densenet40-cifar10-40",
+        "slimming/densenet40-cifar10-70",
         "torch-pruning/resnet56-cifar10-group-l1",
         "torch-pruning/resnet56-cifar10-group-bn",
     ):
