@@ -123,6 +123,25 @@ def test_fpgm_mask_grads_keeps_pruned_entries_exactly_zero_between_selections():
     assert soft.selections and int((~model.features[0].weight.detach().flatten(1).abs().sum(1).bool()).sum()) == int(64 * 0.4)
 
 
+def test_hard_epochs_fix_the_selection_before_the_last_epochs():
+    """--hard-epochs K: the selection at epoch N - K is final; the last K epochs train with it hard."""
+    model, data, cfg = _setup(4, RESNET)
+    soft = SoftPruningCallback(_pruner_factory("l2", spec=RESNET, rate=0.5), hard_epochs=2)
+    masks_at: list[dict] = []
+    probe = Probe(on_epoch_end=lambda s: masks_at.append({k: v.clone() for k, v in s.masks.items()}))
+    state = Trainer(cfg).fit(model, data, [soft, probe])
+    assert len(soft.selections) == 3  # before training, then at the ends of epochs 1 and 2 (the final one)
+    # from epoch 2 on the masks are the hard ones (whole groups: the BatchNorm too) and do not change
+    assert "layer1.0.bn1.weight" in masks_at[1]
+    assert masks_at[1].keys() == masks_at[3].keys() and all(torch.equal(masks_at[1][k], masks_at[3][k]) for k in masks_at[1])
+    from prunecli.surgery.masks import maskable_tensors
+
+    tensors = maskable_tensors(state.model)
+    for name, mask in state.masks.items():
+        gone = tensors[name].detach()[~mask]
+        assert gone.numel() == 0 or float(gone.abs().max()) == 0.0, name
+
+
 def test_agp_sparsity_follows_the_cubic_schedule():
     model, data, cfg = _setup(5)
     rate, ramp = 0.6, 4
@@ -237,6 +256,8 @@ def test_killed_run_resumes_to_the_same_weights(cli, tmp_path, rewind_base, meth
         (["--method", "l1", "--mask-grads", "--rate", "0.2", "--epochs", "1"], "needs --soft", 2),
         (["--method", "l1", "--soft", "--rounds", "2", "--rate", "0.2", "--epochs", "1"], "choose one", 2),
         (["--method", "l1", "--rewind", "init", "--rate", "0.2", "--epochs", "1"], "needs --rounds", 2),
+        (["--method", "l1", "--hard-epochs", "1", "--rate", "0.2", "--epochs", "2"], "needs --soft", 2),
+        (["--method", "l1", "--soft", "--hard-epochs", "2", "--rate", "0.2", "--epochs", "2"], "fewer than", 2),
         (["--method", "l1", "--rewind", "epoch:x", "--rate", "0.2", "--epochs", "1"], "expected init", 2),
         (["--method", "l1", "--soft", "--granularity", "weight", "--rate", "0.2", "--epochs", "1"], "needs --granularity channel", 2),
         (["--method", "l1", "--soft", "--skip", "*", "--rate", "0.2", "--epochs", "1"], "nothing to prune", 2),

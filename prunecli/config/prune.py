@@ -212,6 +212,14 @@ class PruneConfig(FinetuneConfig):
         help="With --soft: dependency (one selection per coupled group, physically removable) or layer (every conv its own, as the FPGM/SFP references train).",
         panel=PANEL_WHEN,
     )
+    # 0: the papers' (hard only after the last epoch); K lets the network adapt to the removal
+    hard_epochs: int = option(
+        0,
+        help="With --soft: the last K epochs train with the final selection applied hard (whole groups, what compress removes); 0: hard only at the end, as the papers.",
+        panel=PANEL_WHEN,
+        min=0,
+        max=MAX_EPOCHS,
+    )
     reselect_every: int = option(1, help="Re-select every K epochs (--soft, --prune-schedule agp).", panel=PANEL_WHEN, min=1, max=MAX_EPOCHS)
     prune_schedule: Optional[PruneSchedule] = option(
         None, help="agp: sparsity rises 0 -> --rate as s_f*(1-(1-t/T)^3) over --prune-epochs (Zhu & Gupta 2017).", panel=PANEL_WHEN
@@ -273,6 +281,10 @@ class PruneConfig(FinetuneConfig):
             raise OptionError("{grouping} layer trains per-layer soft masks: it needs {soft}")
         if self.grouping is Grouping.layer and (self.scope is Scope.global_ or self.round_to > 1):
             raise OptionError("{grouping} layer selects within each conv at its rate: use {scope} layerwise without {round_to}")
+        if self.hard_epochs and not self.soft:
+            raise OptionError("{hard_epochs} ends a soft run with hard masks: it needs {soft}")
+        if self.hard_epochs and self.hard_epochs >= self.epochs:
+            raise OptionError(f"{{hard_epochs}} {self.hard_epochs}: must be fewer than {{epochs}} {self.epochs} (the soft epochs come first)")
         if self.soft and self.granularity is not Granularity.channel:
             raise OptionError("{soft} re-selects filters (SFP/FPGM): it needs {granularity} channel")
         if self.sparsity_bn and self.epochs == 0:

@@ -113,7 +113,7 @@ def training_callbacks(cfg: PruneConfig, ckpt: Checkpoint, device: torch.device,
         return pruner_for(cfg, criterion, model, spec, device, calibration)
 
     if algorithm.name == "soft":
-        cb = algorithm.callback(make_pruner, every=cfg.reselect_every, mask_grads=cfg.mask_grads, grouping=cfg.grouping.value)
+        cb = algorithm.callback(make_pruner, every=cfg.reselect_every, mask_grads=cfg.mask_grads, grouping=cfg.grouping.value, hard_epochs=cfg.hard_epochs)
         return {"extra_callbacks": [cb]}
     if algorithm.name == "gradual":
         return {"extra_callbacks": [algorithm.callback(make_pruner, ramp_epochs=cfg.agp_epochs(), every=cfg.reselect_every)]}
