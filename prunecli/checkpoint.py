@@ -366,7 +366,7 @@ def _check_resume(resume: Any, path: Path) -> None:
         value = resume.get(key)
         if not isinstance(value, types) or isinstance(value, bool):
             raise _damaged(path, f"resume state field {key!r} is {short(value)}")
-    if resume["stage"] not in ("train", "finetune", "prune"):
+    if resume["stage"] not in ("train", "finetune", "prune", "compress"):  # compress: a block-by-block run's block training
         raise _damaged(path, f"resume state of an unknown stage {short(resume['stage'])}")
     if not 0 <= resume["epoch"] <= 100_000:
         raise _damaged(path, f"resume state at epoch {resume['epoch']}")

@@ -20,11 +20,11 @@ from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
 
-from prunecli.config._base import PANEL_DATA, PANEL_MODEL, PANEL_OPT, PANEL_OUT, PANEL_RUN, PANEL_WHAT, PANEL_WHEN, PANEL_WHERE, Kind, OptionSpec, StageConfig, option_specs
+from prunecli.config._base import PANEL_BLOCKS, PANEL_DATA, PANEL_MODEL, PANEL_OPT, PANEL_OUT, PANEL_RUN, PANEL_WHAT, PANEL_WHEN, PANEL_WHERE, Kind, OptionSpec, StageConfig, option_specs
 from prunecli.errors import OptionError, UsageError
 
 _FILE_VALUES = "prunecli.config-file"  # ctx.meta key: the --config file's checked values
-_PANEL_ORDER = (PANEL_WHAT, PANEL_WHERE, PANEL_WHEN, PANEL_MODEL, PANEL_DATA, PANEL_OPT, PANEL_RUN, PANEL_OUT)
+_PANEL_ORDER = (PANEL_WHAT, PANEL_WHERE, PANEL_WHEN, PANEL_BLOCKS, PANEL_MODEL, PANEL_DATA, PANEL_OPT, PANEL_RUN, PANEL_OUT)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

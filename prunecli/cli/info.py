@@ -69,7 +69,8 @@ def _print_info(s: dict, table, show_layers: bool) -> None:
         t.add_row("metrics", shown)
     if s["resume"]:
         r = s["resume"]
-        t.add_row("resume", f"{r['stage']} at epoch {r['epoch']}/{r['epochs']}")
+        block = f"block {r['block'] + 1}, " if r.get("block") is not None else ""
+        t.add_row("resume", f"{r['stage']} at {block}epoch {r['epoch']}/{r['epochs']}")
     if s.get("rewind_epoch") is not None:
         k = s["rewind_epoch"]
         t.add_row("rewind weights", f"epoch {k} ({'the initialisation; ' if k == 0 else ''}prune --rounds R --rewind {'init' if k == 0 else f'epoch:{k}'})")

@@ -45,6 +45,7 @@ PANEL_OUT = "Output"
 PANEL_WHAT = "What to prune"
 PANEL_WHERE = "Which layers"
 PANEL_WHEN = "Pruning while training"
+PANEL_BLOCKS = "Block by block"
 
 
 @dataclass(frozen=True)

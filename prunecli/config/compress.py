@@ -1,11 +1,29 @@
-"""Options of ``prunecli compress``: remove masked channels, check, measure."""
+"""Options of ``prunecli compress``: remove masked channels, check, measure; or compress block by block.
+
+With ``--block-by-block`` compress chooses what to remove itself, one block of the network
+at a time (prunecli.stages.block_by_block): the method, the rate, the blocks, the
+per-block training and the data it reads are options here too."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
-from prunecli.config._base import MAX_BATCH, PANEL_OUT, PANEL_RUN, StageConfig, allow_nonfinite_option, option, overwrite_option
+from prunecli.config._base import (
+    MAX_BATCH,
+    MAX_SEED,
+    PANEL_BLOCKS,
+    PANEL_DATA,
+    PANEL_OUT,
+    PANEL_RUN,
+    StageConfig,
+    allow_nonfinite_option,
+    option,
+    overwrite_option,
+)
+from prunecli.config.prune import check_rate
+from prunecli.config.train import MAX_EPOCHS
+from prunecli.errors import OptionError
 
 
 @dataclass(kw_only=True)
@@ -14,10 +32,39 @@ class CompressConfig(StageConfig):
 
     command = "compress"
 
-    # latency of one batch; 32 keeps a CPU measurement of ResNet-50 under a minute
-    batch_size: int = option(32, help="Batch size of the latency measurement.", panel=PANEL_RUN, flags=("-b",), min=1, max=MAX_BATCH)
-    # the compressed model is what gets deployed; CPU latency is what most users ask about
-    device: str = option("cpu", help="auto, cpu, cuda or cuda:N: where latency is measured.", panel=PANEL_RUN)
+    block_by_block: bool = option(
+        False,
+        help="Choose and remove channels one block at a time, each block seeing the already-smaller network (with --method, --rate).",
+        panel=PANEL_BLOCKS,
+        negatable=False,
+    )
+    method: Optional[str] = option(None, help="Block by block: the criterion (prunecli list methods).", panel=PANEL_BLOCKS, flags=("-m",))
+    rate: Optional[float] = option(None, help="Block by block: fraction of each block's channels removed, in [0, 1).", panel=PANEL_BLOCKS, flags=("-r",))
+    scope: str = option("layerwise", help="Block by block: layerwise (the rate in every layer) or global (one threshold per block).", panel=PANEL_BLOCKS)
+    units: str = option(
+        "auto",
+        help="Blocks: auto (ResNet/MobileNetV2 stages, VGG layers, else top-level children), stages, blocks, layers, or GLOB,GLOB,...",
+        panel=PANEL_BLOCKS,
+    )
+    unit_finetune_epochs: int = option(0, help="Block by block: epochs of training after each block's removal.", panel=PANEL_BLOCKS, min=0, max=MAX_EPOCHS)
+    # the Sensitivity Pruner's fine-tuning of a unit: SGD lr 1e-3, momentum 0.9, wd 5e-4, x0.1 at half the epochs
+    lr: float = option(1e-3, help="Block by block: learning rate of each block's training (x0.1 at half its epochs).", panel=PANEL_BLOCKS, min=0.0, max=1000.0)
+    momentum: float = option(0.9, help="Block by block: SGD momentum.", panel=PANEL_BLOCKS, min=0.0, max=1.0)
+    weight_decay: float = option(5e-4, help="Block by block: weight decay.", panel=PANEL_BLOCKS, flags=("--wd",), min=0.0, max=1.0)
+    steps_per_epoch: Optional[int] = option(None, help="Block by block: cap on training steps per epoch.", panel=PANEL_BLOCKS, min=1)
+    calib_batches: int = option(8, help="Block by block: calibration batches for data-driven criteria.", panel=PANEL_BLOCKS, min=1)
+    seed: int = option(0, help="Block by block: seed of the per-block training and calibration.", panel=PANEL_BLOCKS, min=0, max=MAX_SEED)
+    dataset: Optional[str] = option(None, help="Block by block: dataset for training and top-1 (default: the checkpoint's).", panel=PANEL_DATA)
+    data: Optional[str] = option(None, help="Dataset root folder (default: the one the checkpoint records).", panel=PANEL_DATA, path=True)
+    workers: int = option(4, help="DataLoader workers for image-folder datasets.", panel=PANEL_DATA, min=0)
+    resume: Optional[str] = option(None, help="Continue a killed --block-by-block run at its first unfinished block.", panel=PANEL_BLOCKS, path=True)
+    # None: 32 for latency (a CPU measurement of ResNet-50 under a minute); 64 for block-by-block training
+    batch_size: Optional[int] = option(
+        None, help="Batch size of the latency measurement (and of block-by-block training: default 64).", panel=PANEL_RUN, flags=("-b",), min=1, max=MAX_BATCH
+    )
+    # None: cpu (the compressed model is what gets deployed; CPU latency is what most users ask
+    # about); auto for block-by-block, which trains
+    device: Optional[str] = option(None, help="auto, cpu, cuda or cuda:N: where latency is measured (block by block: trains; default auto).", panel=PANEL_RUN)
     latency: bool = option(True, help="Measure latency before and after.", panel=PANEL_RUN)
     repeats: int = option(10, help="Timed batches per model.", panel=PANEL_RUN, min=1)
     json: bool = option(False, help="Print one JSON object on stdout instead of tables.", panel=PANEL_OUT, negatable=False)
@@ -26,3 +73,22 @@ class CompressConfig(StageConfig):
     )
     overwrite: bool = overwrite_option()
     allow_nonfinite: bool = allow_nonfinite_option()
+
+    def validate(self) -> None:
+        if self.batch_size is None:
+            self.batch_size = 64 if self.block_by_block else 32
+        if self.device is None:
+            self.device = "auto" if self.block_by_block else "cpu"
+        super().validate()
+        if self.scope not in ("layerwise", "global"):
+            raise OptionError(f"{{scope}} {self.scope!r}: valid: layerwise, global")
+        if not self.block_by_block:
+            given = [k for k in ("method", "rate") if getattr(self, k) is not None]
+            if given:
+                raise OptionError(f"{{{given[0]}}} chooses what to remove: it needs {{block_by_block}} (or use `prunecli prune`)")
+            if self.unit_finetune_epochs:
+                raise OptionError("{unit_finetune_epochs} trains after each block: it needs {block_by_block}")
+            return
+        if self.method is None or self.rate is None:
+            raise OptionError("{block_by_block} needs {method} M and {rate} R (the fraction of each block's channels removed)")
+        check_rate(self.rate, "rate")

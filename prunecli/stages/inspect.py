@@ -51,4 +51,9 @@ def _resume_summary(resume: Any) -> Any:
     if not isinstance(resume, dict):
         return None
     config = resume.get("config") if isinstance(resume.get("config"), dict) else {}
-    return {"stage": resume.get("stage"), "epoch": resume.get("epoch"), "epochs": config.get("epochs")}
+    # a block-by-block compress run trains each block --unit-finetune-epochs
+    epochs = config.get("epochs", config.get("unit_finetune_epochs"))
+    summary = {"stage": resume.get("stage"), "epoch": resume.get("epoch"), "epochs": epochs}
+    if resume.get("block") is not None:
+        summary["block"] = resume.get("block")
+    return summary

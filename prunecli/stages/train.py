@@ -115,6 +115,8 @@ def resume(
     """
     ckpt = load_checkpoint(path)
     state = ckpt.resume
+    if isinstance(state, dict) and state.get("stage") == "compress":
+        raise CheckpointError(f"{path}: a block-by-block compress run; continue it with `prunecli compress --resume {path}`")
     if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or state.get("stage") not in RESUMABLE:
         raise CheckpointError(f"{path}: has no resume state (only train, finetune and prune --epochs checkpoints can be resumed)")
     # a pruning run needs its algorithm's callback (stages.while_training), and the commands do not mix
