@@ -87,3 +87,30 @@ def test_callbacks_see_the_unwrapped_model_and_masks_hold_on_every_rank(tmp_path
         assert "DistributedDataParallel" not in r["seen"] and "module" not in r["seen"], r["seen"]
         assert r["masked_zero"]
     assert ranks[0]["sum"] == ranks[1]["sum"]  # DDP kept the ranks in step
+
+
+def test_torchrun_pruning_while_training_equals_one_process(tmp_path):
+    """prune --epochs under torchrun: rank 0's selection reaches every rank, and two processes
+    end with the masks and (to float tolerance) the weights one process ends with."""
+    base = tmp_path / "base.pt"
+    train = ["train", "--model", "lenet300_100", "--dataset", "synthetic", "--image-size", "8", "--epochs", "1", "--device", "cpu"]
+    r = subprocess.run([sys.executable, "-m", "prunecli", *train, "-o", str(base)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    prune = ["prune", str(base), "--method", "l2", "--soft", "--mask-grads", "--rate", "0.4", "--epochs", "2", "--batch-size", "64",
+             "--lr", "0.05", "--device", "cpu", "--seed", "0"]
+    one = subprocess.run([sys.executable, "-m", "prunecli", *prune, "-o", str(tmp_path / "one.pt")], capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "prunecli", *prune, "-o", str(tmp_path / "two.pt")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.strip() == str(tmp_path / "two.pt") and "x2" in two.stderr
+    a, b = load_checkpoint(tmp_path / "one.pt"), load_checkpoint(tmp_path / "two.pt")
+    assert a.masks and a.masks.keys() == b.masks.keys()
+    for k in a.masks:
+        assert torch.equal(a.masks[k], b.masks[k]), k
+    for k in a.state_dict:
+        assert torch.allclose(a.state_dict[k], b.state_dict[k], atol=1e-5, rtol=1e-4), k
