@@ -38,12 +38,22 @@ class CompressConfig(StageConfig):
         panel=PANEL_BLOCKS,
         negatable=False,
     )
-    method: Optional[str] = option(None, help="Block by block: the criterion (prunecli list methods).", panel=PANEL_BLOCKS, flags=("-m",))
+    method: Optional[str] = option(None, help="Block by block: a criterion (prunecli list methods) or sensitivity (the Sensitivity Pruner).", panel=PANEL_BLOCKS, flags=("-m",))
     rate: Optional[float] = option(None, help="Block by block: fraction of each block's channels removed, in [0, 1).", panel=PANEL_BLOCKS, flags=("-r",))
     scope: str = option("layerwise", help="Block by block: layerwise (the rate in every layer) or global (one threshold per block).", panel=PANEL_BLOCKS)
     units: str = option(
         "auto",
         help="Blocks: auto (ResNet/MobileNetV2 stages, VGG layers, else top-level children), stages, blocks, layers, or GLOB,GLOB,...",
+        panel=PANEL_BLOCKS,
+    )
+    # the Sensitivity Pruner (--method sensitivity): its strategy trains this long on each block (the reference: 8)
+    unit_epochs: int = option(0, help="Block by block, --method sensitivity: epochs of strategy training per block.", panel=PANEL_BLOCKS, min=0, max=MAX_EPOCHS)
+    layersort: bool = option(
+        False, help="--method sensitivity: each layer keeps its own top 1 - rate (default: one sort over all filters of the network).", panel=PANEL_BLOCKS, negatable=False
+    )
+    snip_on: str = option(
+        "reinit",
+        help="--method sensitivity: SNIP on a freshly re-initialised copy of the starting architecture every batch (reinit, the reference) or on the current network.",
         panel=PANEL_BLOCKS,
     )
     unit_finetune_epochs: int = option(0, help="Block by block: epochs of training after each block's removal.", panel=PANEL_BLOCKS, min=0, max=MAX_EPOCHS)
@@ -80,6 +90,8 @@ class CompressConfig(StageConfig):
         if self.device is None:
             self.device = "auto" if self.block_by_block else "cpu"
         super().validate()
+        if self.snip_on not in ("reinit", "current"):
+            raise OptionError(f"{{snip_on}} {self.snip_on!r}: valid: reinit, current")
         if self.scope not in ("layerwise", "global"):
             raise OptionError(f"{{scope}} {self.scope!r}: valid: layerwise, global")
         if not self.block_by_block:

@@ -52,13 +52,15 @@ from prunecli.stages.checkpoints import data_for_checkpoint, load_model, rebuild
 from prunecli.surgery.blocks import Block, find_blocks
 from prunecli.surgery.equivalence import difference, outputs, probe_batch
 from prunecli.surgery.masks import apply_masks, carry
+from prunecli.surgery.plan import Plan, UnitPlan
 from prunecli.surgery.pruner import Pruner
 
+SENSITIVITY = "sensitivity"  # the Sensitivity Pruner (prunecli.algorithms.sensitivity_pruner), not a criterion
 KILL_AFTER_BLOCK_ENV = "PRUNECLI_KILL_AFTER_BLOCK"  # testing hook: SIGKILL once block N (1-based) is saved
 STATE = "block_by_block"
 # options that define what a block-by-block run removes: a resume cannot change them
-_FIXED = ("method", "rate", "scope", "units", "unit_finetune_epochs", "lr", "momentum", "weight_decay", "steps_per_epoch",
-          "calib_batches", "seed", "dataset", "batch_size")
+_FIXED = ("method", "rate", "scope", "units", "unit_finetune_epochs", "unit_epochs", "layersort", "snip_on", "lr", "momentum",
+          "weight_decay", "steps_per_epoch", "calib_batches", "seed", "dataset", "batch_size")
 
 
 @dataclass
@@ -74,6 +76,7 @@ class BlockRow:
     top1: Optional[float]
     seconds: float
     max_abs_diff: float
+    strategy_top1: Optional[float] = None  # sensitivity: the best epoch's top-1 with the hard indicator
 
     def to_json(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -113,7 +116,13 @@ class BlockReport:
         }
 
 
-def _criterion(cfg: CompressConfig) -> Criterion:
+def _criterion(cfg: CompressConfig) -> Optional[Criterion]:
+    if cfg.method == SENSITIVITY:
+        if not cfg.unit_epochs:
+            raise OptionError("{method} sensitivity learns its strategy while training: give {unit_epochs} N (the reference: 8)")
+        return None
+    if cfg.unit_epochs:
+        raise OptionError("{unit_epochs} trains the Sensitivity Pruner's strategy: it needs {method} sensitivity (use {unit_finetune_epochs})")
     try:
         cls = criterion_class(cfg.method)
     except PruneCliError as e:
@@ -188,7 +197,7 @@ class _Run:
         return self._bundle
 
     def calibration(self):
-        if not self.criterion.needs_data:
+        if self.criterion is None or not self.criterion.needs_data:
             return None
         from prunecli.stages.prune import calibration_batches
 
@@ -222,20 +231,32 @@ class _Run:
         return self._finish(reference)
 
     def _pruner(self) -> Pruner:
-        return Pruner(self.model, self.criterion, example_input=self.example, calibration=self.calibration(), name=self.spec.name)
+        calibration = self.calibration() if self.criterion is not None else None
+        return Pruner(self.model, self.criterion, example_input=self.example, calibration=calibration, name=self.spec.name)
+
+    def _resume_phase(self, k: int) -> Optional[str]:
+        """Where a resumed run stopped inside block ``k``: "strategy" (SP), "finetune", or None."""
+        r = self.ckpt.resume
+        if r is None or int(r.get("block", -1)) != k:
+            return None
+        return str(r.get("phase") or "finetune")
 
     def _block(self, k: int, block: Block) -> None:
         cfg = self.cfg
         t0 = time.perf_counter()
-        mid_training = self.ckpt.resume is not None and int(self.ckpt.resume.get("block", -1)) == k
-        row = self.state.get("current") if mid_training else None
-        if not mid_training:
+        phase = self._resume_phase(k)
+        row = self.state.get("current") if phase == "finetune" else None
+        if phase != "finetune":
             pruner = self._pruner()
             owned = [u for u in pruner.units if block.owns(u)]
-            outside = sorted({n for u in pruner.units if not block.owns(u) for n in u.producer_names})
-            pruner.selection = Selection(rate=cfg.rate, scope=cfg.scope, skip=outside, protect="output", count_rule=self.criterion.count_rule)
             before = sum(u.channels for u in owned)
-            plan = pruner.plan()
+            if cfg.method == SENSITIVITY:
+                plan, extra_row = self._sensitivity_plan(k, block, pruner, resume=self.ckpt.resume if phase == "strategy" else None)
+            else:
+                outside = sorted({n for u in pruner.units if not block.owns(u) for n in u.producer_names})
+                pruner.selection = Selection(rate=cfg.rate, scope=cfg.scope, skip=outside, protect="output", count_rule=self.criterion.count_rule)
+                plan, extra_row = pruner.plan(), {}
+            self.ckpt = replace(self.ckpt, resume=None)
             diff = 0.0
             if plan.pruned:
                 probe = probe_batch(self.spec, device=self.device)
@@ -253,13 +274,14 @@ class _Run:
                 apply_masks(self.model, self.ckpt.masks)
             after = before - sum(len(p.prune) for p in plan.pruned)
             row = {"block": block.name, "units": len(owned), "channels_before": before, "channels_after": after, "max_abs_diff": diff,
-                   "t0": time.perf_counter() - t0}  # seconds spent choosing and removing
+                   "t0": time.perf_counter() - t0, **extra_row}  # seconds spent choosing and removing
             self.state["current"] = row
         top1, trained_seconds = self._recover(k, block)
         c = count_complexity(self.model, self.shape)
         seconds = float(row.get("t0", 0.0)) + trained_seconds
         done = BlockRow(block=row["block"], units=row["units"], channels_before=row["channels_before"], channels_after=row["channels_after"],
-                        macs=c.macs, params=c.params, top1=top1, seconds=round(seconds, 3), max_abs_diff=row["max_abs_diff"])
+                        macs=c.macs, params=c.params, top1=top1, seconds=round(seconds, 3), max_abs_diff=row["max_abs_diff"],
+                        strategy_top1=row.get("strategy_top1"))
         self.state["rows"] = list(self.state["rows"]) + [done.to_json()]
         self.state["done"] = k + 1
         self.state.pop("current", None)
@@ -267,6 +289,53 @@ class _Run:
         top = f", top-1 {top1:.2f}%" if top1 is not None else ""
         log(f"block {k + 1}/{len(self.state['blocks'])} {block.name}: channels {done.channels_before} -> {done.channels_after}, "
             f"MACs {c.macs / max(1, self.state['original']['macs']):.1%} of the original{top} ({seconds:.1f}s)")
+
+    def _sensitivity_plan(self, k: int, block: Block, pruner: Pruner, *, resume: Optional[dict]) -> tuple[Plan, dict]:
+        """The Sensitivity Pruner on block ``k``: train its strategy (resumable), then the channels its indicator drops."""
+        from prunecli.algorithms.sensitivity_pruner import SPConfig, Snip, block_layers, train_block
+
+        cfg = self.cfg
+        bundle = self.bundle()
+        if bundle is None:
+            raise OptionError("{method} sensitivity learns from data: the checkpoint records no dataset; pass {dataset}")
+        layers = block_layers(pruner.units, block.owns, pruner.output_layer)
+        if not layers:
+            return Plan("channel", []), {}
+        if cfg.snip_on == "reinit":
+            net, net_units, net_output = self._snip_reference()
+        else:
+            net, net_units, net_output = self.model, pruner.units, pruner.output_layer
+        snip = Snip(net, net_units, net_output, [l.root for l in layers], keep=1.0 - cfg.rate, layersort=cfg.layersort, reinit=cfg.snip_on == "reinit")
+        sp = SPConfig(rate=cfg.rate, epochs=cfg.unit_epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+                      weight_decay=cfg.weight_decay, layersort=cfg.layersort, steps_per_epoch=cfg.steps_per_epoch, seed=cfg.seed + k, workers=cfg.workers)
+
+        def save(sp_state: dict) -> None:
+            self._save(resume={"stage": "compress", "block": k, "phase": "strategy", "epoch": int(sp_state["epoch"]), "config": cfg.to_dict(),
+                               "optimizer": sp_state["optimizer"], "scheduler": {}, "sp": sp_state})
+
+        result = train_block(self.model, layers, snip, bundle, sp, device=self.device, resume=(resume or {}).get("sp"), save=save, log=log)
+        log(f"block {k + 1} {block.name}: sensitivity pruner time: " + ", ".join(f"{k_} {v:.1f}s" for k_, v in result.seconds.items()))
+        plans = []
+        for layer in layers:
+            kept = result.kept[layer.root]
+            if not bool(kept.any()):  # a layer never loses every channel: keep its most-voted one
+                kept = torch.zeros_like(kept)
+                kept[int(torch.argmax(result.votes[layer.root]))] = True
+            plans.append(UnitPlan(layer.unit, "prune", rate=cfg.rate, prune=torch.nonzero(~kept).flatten()))
+        return Plan("channel", plans, rate=cfg.rate), {"strategy_top1": result.best_top1, "sp_seconds": result.seconds}
+
+    def _snip_reference(self):
+        """The run's starting architecture (fresh weights) for ``--snip-on reinit``, traced once."""
+        if getattr(self, "_snip", None) is None:
+            from prunecli.algorithms.sensitivity_pruner import snip_network
+            from prunecli.models import rebuild
+
+            steps = int(self.state["base"]["structure_steps"])
+            ref = rebuild(self.spec, converters=self.ckpt.converters, structure=list(self.ckpt.structure or [])[:steps], where="the starting architecture")
+            net = snip_network(ref).to(self.device)
+            p = Pruner(net, example_input=self.example, name=self.spec.name)
+            self._snip = (net, p.units, p.output_layer)
+        return self._snip
 
     def _recover(self, k: int, block: Block) -> tuple[Optional[float], float]:
         """Train the block's result ``--unit-finetune-epochs`` epochs (resumable), then top-1."""
@@ -293,12 +362,12 @@ class _Run:
         )
         resume = None
         if self.ckpt.resume is not None and int(self.ckpt.resume.get("block", -1)) == k:
-            resume = {key: v for key, v in self.ckpt.resume.items() if key not in ("block", "stage", "config")}
+            resume = {key: v for key, v in self.ckpt.resume.items() if key not in ("block", "stage", "config", "phase")}
 
         def save(state: FitState) -> None:
             if state.epoch < epochs:  # a finished block is saved by the loop, with its row
                 self.ckpt = replace(self.ckpt, resume=None)
-                self._save(resume={"stage": "compress", "block": k, "config": cfg.to_dict(), **state.resume_state()}, model=state.model)
+                self._save(resume={"stage": "compress", "block": k, "phase": "finetune", "config": cfg.to_dict(), **state.resume_state()}, model=state.model)
 
         callbacks = [cb for cb in (KillDuringEpoch.from_env(),) if cb is not None]
         t0 = time.perf_counter()
