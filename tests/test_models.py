@@ -158,6 +158,16 @@ def test_slimming_flops_are_about_twice_the_macs(name, kwargs, published_flops):
     assert 0 <= published_flops - flops <= 0.01 * published_flops, flops
 
 
+def test_resnet50_is_torchvisions_with_the_sensitivity_pruners_cifar_stem():
+    """The seed's ImageNet baseline has 25.557 M params; its 'resnet56' folders hold this net with a CIFAR stem."""
+    imagenet = get_model("resnet50", num_classes=1000, image_size=224)
+    assert _params(imagenet) == 25_557_032 and isinstance(imagenet.maxpool, torch.nn.MaxPool2d)
+    cifar = get_model("resnet50", num_classes=10, image_size=32)
+    assert cifar.conv1.kernel_size == (3, 3) and cifar.conv1.stride == (1, 1) and isinstance(cifar.maxpool, torch.nn.Identity)
+    assert _params(cifar) == 23_520_842
+    assert cifar(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
 def test_mobilenetv2_imagenet_macs_match_torchvision():
     import torchvision
 
@@ -172,7 +182,7 @@ EXPECTED_MODELS = {
     "conv2", "conv4", "conv6", "conv8", "lenet300_100",
     "vgg11", "vgg13", "vgg16", "vgg19",
     "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet164", "preresnet164",
-    "densenet40", "resnext29", "mobilenetv2",
+    "densenet40", "resnext29", "mobilenetv2", "resnet50",
 }  # fmt: skip
 
 # Full-size ResNeXt-29 is 5.4 GMACs per image: shrink it for a CPU forward/backward

@@ -185,6 +185,7 @@ _FAMILIES = (
     "convnets",
     "vgg",
     "cifar_resnet",
+    "resnet50",
     "preresnet",
     "densenet",
     "resnext",
