@@ -273,7 +273,9 @@ def train_block(
     needs (``resume=state``) to end exactly as an uninterrupted one.
     """
     train_batches = make_batches(bundle, "train", batch_size=cfg.batch_size, device=device, train=True, seed=cfg.seed, workers=cfg.workers)
-    test_batches = make_batches(bundle, "test", batch_size=cfg.batch_size, device=device, train=False, seed=cfg.seed, workers=cfg.workers)
+    # validation batches of at least 256: the batch size does not change an eval-mode result, and
+    # small pruning batches (the reference prunes with 12) would make validation dominate the run
+    test_batches = make_batches(bundle, "test", batch_size=max(cfg.batch_size, 256), device=device, train=False, seed=cfg.seed, workers=cfg.workers)
     steps = min(len(train_batches), cfg.steps_per_epoch) if cfg.steps_per_epoch else len(train_batches)
     x0, y0 = next(iter(train_batches))
     torch.manual_seed(epoch_seed(cfg.seed, 0, stream=6))  # the strategy's initialisation

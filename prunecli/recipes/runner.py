@@ -100,6 +100,12 @@ def smoke_options(stage: Stage, classes: dict[str, int]) -> dict[str, Any]:
         o["reselect-every"] = 1
     if stage.command in ("compress", "evaluate"):
         o.update({"latency": False, "device": "cpu"})
+    if stage.command == "compress" and stage.config().block_by_block:  # one short epoch per block, on the smoke data
+        cfg = stage.config()
+        o.update({"unit-epochs": min(cfg.unit_epochs, 1), "unit-finetune-epochs": min(cfg.unit_finetune_epochs, 1), "steps-per-epoch": 1,
+                  "batch-size": SMOKE_BATCH, "workers": 0, "calib-batches": 1})
+        o.pop("dataset", None)
+        o.pop("data", None)
     if stage.command == "evaluate":
         o.update({"workers": 0, "batch-size": 64})
     return o
