@@ -255,13 +255,18 @@ def _import(stage: Stage, source: Path, output: Path, result: RunResult) -> None
 
 
 def _interrupted(output: Path, stage: Stage) -> bool:
-    """Whether ``output`` is a train/finetune/prune --epochs checkpoint with epochs still to run."""
-    if stage.command not in ("train", "finetune", "prune") or not output.is_file():
+    """Whether ``output`` is a train/finetune/prune --epochs checkpoint with epochs still to run,
+    or a block-by-block compress with blocks still to do."""
+    if stage.command not in ("train", "finetune", "prune", "compress") or not output.is_file():
         return False
     try:
-        resume = load_checkpoint(output).resume
+        ckpt = load_checkpoint(output)
     except CheckpointError:
         return False
+    if stage.command == "compress":
+        state = ckpt.extra.get("block_by_block")
+        return isinstance(state, dict) and not state.get("complete")
+    resume = ckpt.resume
     cfg = stage.config()
     total = cfg.total_epochs() if stage.command == "prune" else cfg.epochs
     return isinstance(resume, dict) and resume.get("stage") == stage.command and int(resume.get("epoch") or 0) < int(total)
@@ -300,8 +305,11 @@ def _execute(stage: Stage, options: dict[str, Any], result: RunResult, output: O
             return prune_while_training(inputs[0], cfg, output=output)
         return prune_checkpoint(inputs[0], cfg, output=output)
     if stage.command == "compress":
+        from prunecli.stages.block_by_block import compress_blocks, resume_blocks
         from prunecli.stages.compress import compress_checkpoint
 
+        if cfg.block_by_block:  # the Sensitivity Pruner and friends: resumable at the first unfinished block
+            return resume_blocks(output, {}, output=output) if resume else compress_blocks(inputs[0], cfg, output=output)
         return compress_checkpoint(inputs[0], cfg, output=output)
     if stage.command == "evaluate":
         from prunecli.stages.evaluate import evaluate_checkpoints
