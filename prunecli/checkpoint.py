@@ -100,11 +100,11 @@ def to_plain(obj: Any) -> Any:
     """Convert options/metrics into types `weights_only` loading accepts (no Path, Enum, numpy)."""
     if obj is None or isinstance(obj, torch.Tensor):
         return obj
+    if isinstance(obj, enum.Enum):  # before str: str(a str-valued enum member) is "Granularity.channel"
+        return to_plain(obj.value)
     for base in (bool, int, float, str):  # exact base types: a str subclass (TorchVersion) is a pickled class
         if isinstance(obj, base):
             return base(obj)
-    if isinstance(obj, enum.Enum):
-        return to_plain(obj.value)
     if isinstance(obj, Path):
         return str(obj)
     if isinstance(obj, dict):

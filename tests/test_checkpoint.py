@@ -237,3 +237,11 @@ def test_derive_writes_one_lineage_entry_and_carries_the_rest(tmp_path, tiny_bas
     assert [e["command"] for e in child.lineage] == ["train", "prune"]
     assert child.lineage[-1]["parent"] == str(tiny_base) and child.lineage[-1]["options"] == {"rate": 0.5}
     assert child.model == parent.model and child.dataset == parent.dataset and child.resume is None and child.metrics == {"x": 1}
+
+
+def test_enum_options_are_stored_as_their_values():
+    """A str-valued enum (the options' choices) must be stored as "channel", not "Granularity.channel"."""
+    from prunecli.checkpoint import to_plain
+    from prunecli.config.prune import Granularity, Scope
+
+    assert to_plain({"granularity": Granularity.channel, "scope": [Scope.global_]}) == {"granularity": "channel", "scope": ["global"]}
