@@ -25,11 +25,6 @@ import torch
 from prunecli.criteria._registry import Criterion
 from prunecli.errors import PruneCliError
 
-# rows of samples per chunk when a (samples x channels x outputs) product is formed: bounds
-# memory to about CHUNK * C * K * 8 bytes (64 x 512 x 512 x 8 = 128 MiB for ResNet-50's widest)
-CHUNK = 64
-
-
 @dataclass(eq=False)
 class LayerSamples:
     """Layer i+1 at m sampled output positions, with its inputs grouped by the unit's channels.
