@@ -37,6 +37,9 @@ def test_the_settings_the_issue_names_are_shipped():
         "slimming/densenet40-cifar10-70",
         "torch-pruning/resnet56-cifar10-group-l1",
         "torch-pruning/resnet56-cifar10-group-bn",
+        "thinet/resnet50-imagenet-50",
+        "thinet/resnet50-imagenet-70",
+        "cp/resnet56-cifar10-50",
     ):
         assert name in SHIPPED, name
 
