@@ -15,7 +15,7 @@ from conftest import one_line_error
 from prunecli.checkpoint import load_checkpoint, save_checkpoint
 from prunecli.stages.checkpoints import rebuild_model
 from prunecli.errors import PruneCliError
-from prunecli.criteria import list_criteria
+from prunecli.criteria import criterion_class, list_criteria
 from prunecli.metrics.complexity import count_complexity
 from prunecli.models import list_models
 from prunecli.surgery.equivalence import outputs, probe_batch
@@ -90,7 +90,7 @@ SMALL = {  # small variants keep the matrix fast; the architecture families are 
     "resnext29": dict(cardinality=2, base_width=4),
     "mobilenetv2": dict(width_mult=0.5),
 }
-CHANNEL_METHODS = [m for m in list_criteria() if m != "magnitude"]
+CHANNEL_METHODS = [m for m in list_criteria() if m != "magnitude" and not getattr(criterion_class(m), "reconstructs", False)]  # thinet, cp: tests/test_reconstruction.py
 
 
 def _size(model: str) -> int:

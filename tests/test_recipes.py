@@ -42,6 +42,9 @@ def test_the_settings_the_issue_names_are_shipped():
         "sensitivity-pruner/mobilenetv2-imagenet",
         "torch-pruning/resnet56-cifar10-group-l1",
         "torch-pruning/resnet56-cifar10-group-bn",
+        "thinet/resnet50-imagenet-50",
+        "thinet/resnet50-imagenet-70",
+        "cp/resnet56-cifar10-50",
     ):
         assert name in SHIPPED, name
 

@@ -56,13 +56,20 @@ class Algorithm:
     criteria_note: str = "any criterion"
     # whether it prunes while training (prune --epochs N): its `callback` builds the Trainer callback
     trains: bool = False
+    # whether it runs the methods that choose channels by reconstructing the next layer (ThiNet, CP)
+    reconstructs: bool = False
 
     def accepts(self, criterion: Criterion) -> Optional[str]:
         """None if ``criterion`` fits this algorithm, else why it does not."""
+        if getattr(criterion, "reconstructs", False) and not self.reconstructs:
+            return (
+                f"{criterion.name} prunes once, layer by layer, reconstructing each next layer from calibration data: "
+                "it does not prune while training (drop {epochs}; finetune the result)"
+            )
         return None
 
 
-_MODULES = ("one_shot", "soft", "gradual", "iterative")
+_MODULES = ("one_shot", "soft", "gradual", "iterative", "reconstruction")
 
 
 def _import_algorithms() -> None:

@@ -71,4 +71,4 @@ class Gradual(Algorithm):
         return GradualCallback(make_pruner, ramp_epochs=ramp_epochs, every=every)
 
     def accepts(self, criterion) -> Optional[str]:
-        return None
+        return super().accepts(criterion)

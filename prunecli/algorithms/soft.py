@@ -156,6 +156,9 @@ class Soft(Algorithm):
     trains = True
 
     def accepts(self, criterion: Criterion) -> Optional[str]:
+        why = super().accepts(criterion)
+        if why:
+            return why
         if "channel" not in criterion.granularities:
             return f"{criterion.name} scores single weights: soft pruning re-selects filters (use l1, l2, geomedian ...)"
         return None

@@ -150,7 +150,7 @@ def scatter_to_unit(unit, values: list[torch.Tensor], producers) -> torch.Tensor
     return total / count.clamp(min=1)
 
 
-_MODULES = ("norm", "geomedian", "slimming", "taylor", "lamp", "hessian", "random", "magnitude")
+_MODULES = ("norm", "geomedian", "slimming", "taylor", "lamp", "hessian", "random", "magnitude", "thinet", "cp")
 
 
 def _import_criteria() -> None:

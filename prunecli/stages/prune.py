@@ -9,6 +9,7 @@ With ``--epochs N`` the stage prunes while training instead: prunecli.stages.whi
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -172,10 +173,22 @@ def prune_checkpoint(source: Path, cfg: PruneConfig, *, output: Path) -> PruneRe
         raise PruneCliError("prune_checkpoint prunes once: with epochs > 0 call prunecli.stages.while_training.prune_while_training")
     criterion = criterion_for(cfg)
     stream_bn(cfg, criterion)  # a --stream-bn the method cannot use fails before anything is claimed
-    algorithm = get_algorithm("one-shot")
+    algorithm = get_algorithm("reconstruction" if getattr(criterion, "reconstructs", False) else "one-shot")
+    if algorithm.reconstructs:
+        check_reconstruction_options(cfg)
     device = resolve_device(cfg.device)
     with claim_output(Path(output), overwrite=cfg.overwrite):  # checked and locked before any work
         return _prune(Path(source), cfg, Path(output), criterion, algorithm, device)
+
+
+def check_reconstruction_options(cfg: PruneConfig) -> None:
+    """What ThiNet and CP cannot do, each said in one line before anything is claimed."""
+    if cfg.scope.value == "global":
+        raise OptionError(f"{{scope}} global: {cfg.method} chooses each layer's channels by reconstructing the next layer, with no scores to compare across layers; use {{scope}} layerwise")
+    if cfg.granularity.value != "channel":
+        raise OptionError(f"{{granularity}} {cfg.granularity.value}: {cfg.method} removes whole channels and refits the next layer; use {{granularity}} channel")
+    if cfg.target_macs is not None:
+        raise OptionError(f"{{target_macs}} searches the rate by planning many times; {cfg.method} changes weights as it plans: give {{rate}}")
 
 
 def _prune(source: Path, cfg: PruneConfig, output: Path, criterion: Criterion, algorithm, device: torch.device) -> PruneReport:
@@ -187,12 +200,20 @@ def _prune(source: Path, cfg: PruneConfig, output: Path, criterion: Criterion, a
     calibration = calibration_batches(ckpt, cfg, device) if criterion.needs_data else None
     pruner = pruner_for(cfg, criterion, model, spec, device, calibration)
     before = count_complexity(model, shape)
-    plan = algorithm.plan(pruner, target_macs=cfg.target_macs)
+    layers: list = []
+    if algorithm.reconstructs:
+        # the targets come from the network as loaded; `model` is reconstructed in place
+        plan = algorithm.plan(pruner, copy.deepcopy(model), report=layers)
+    else:
+        plan = algorithm.plan(pruner, target_macs=cfg.target_macs)
     check_something_selected(plan, cfg)
     extra = dict(ckpt.extra)
     extra["prune"] = {**prune_record(cfg, criterion, algorithm.name, plan.rate), "target_macs": cfg.target_macs, "layers": [vars(r) for r in plan.rows()]}
     options = cfg.to_options()
     notes = list(plan.notes)
+    if layers:
+        extra["prune"]["reconstruction"] = [vars(r) for r in layers]
+        notes.append(reconstruction_summary(layers))
     if cfg.compress:
         out, after, diff, newly = _compressed(ckpt, pruner, plan, options, extra, before, notes)
     else:
@@ -217,6 +238,16 @@ def _prune(source: Path, cfg: PruneConfig, output: Path, criterion: Criterion, a
         notes=notes,
         compressed=cfg.compress,
         max_abs_diff=diff,
+    )
+
+
+def reconstruction_summary(layers) -> str:
+    """One line: how much the refit lowered the next layers' relative output error on the calibration samples."""
+    pruned = sum(r.error_pruned for r in layers) / len(layers)
+    rebuilt = sum(r.error_reconstructed for r in layers) / len(layers)
+    return (
+        f"reconstruction: next-layer relative error on the calibration samples {pruned:.4f} pruned -> {rebuilt:.4f} "
+        f"reconstructed (mean over {len(layers)} layer(s); ||Y - Y_hat||^2 / ||Y||^2 against the original network)"
     )
 
 
