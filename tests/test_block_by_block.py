@@ -112,3 +112,20 @@ def test_bad_input_is_one_line(cli, tmp_path, resnet_base):
         assert words in one_line_error(r, code=2), args
         assert not out.exists()
     assert "block-by-block" in one_line_error(cli("compress", "--resume", resnet_base))
+
+
+@pytest.mark.parametrize("method", ["thinet", "cp"])
+def test_reconstruction_methods_run_block_by_block(cli, tmp_path, resnet_base, method):
+    """ThiNet and CP per block: targets from the starting network, the next layer refitted, then removed."""
+    out = tmp_path / f"{method}.pt"
+    r = cli("compress", resnet_base, "--block-by-block", "--method", method, "--rate", "0.5", "--calib-batches", "1", "--units", "layer1,layer2",
+            "--no-latency", "--json", "-o", out)
+    assert r.code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert [b["block"] for b in doc["blocks"]] == ["layer1", "layer2"] and all(b["max_abs_diff"] < 1e-4 for b in doc["blocks"])
+    _, base = load_model(resnet_base)
+    _, small = load_model(out)
+    assert small.layer1[0].conv1.out_channels == base.layer1[0].conv1.out_channels // 2
+    # the layer reading the pruned channels was refitted: none of its input-channel slices is one of the base's
+    w_small, w_base = small.layer1[0].conv2.weight.detach(), base.layer1[0].conv2.weight.detach()
+    assert not any(torch.equal(w_small[:, j], w_base[:, i]) for j in range(w_small.shape[1]) for i in range(w_base.shape[1]))

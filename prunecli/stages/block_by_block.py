@@ -220,6 +220,7 @@ class _Run:
             self.state["blocks"] = [_block_to_plain(b) for b in blocks]
         blocks = [_block_from_plain(b) for b in self.state["blocks"]]
         reference = copy.deepcopy(self.model) if self.state["done"] == 0 and not self.ckpt.resume else None
+        self._reference = reference
         total = len(blocks)
         for k in range(int(self.state["done"]), total):
             self._block(k, blocks[k])
@@ -255,7 +256,14 @@ class _Run:
             else:
                 outside = sorted({n for u in pruner.units if not block.owns(u) for n in u.producer_names})
                 pruner.selection = Selection(rate=cfg.rate, scope=cfg.scope, skip=outside, protect="output", count_rule=self.criterion.count_rule)
-                plan, extra_row = pruner.plan(), {}
+                if getattr(self.criterion, "reconstructs", False):
+                    # ThiNet / CP: targets from the starting network, inputs from the network as the
+                    # earlier blocks left it; the next layers' weights are refitted in place
+                    from prunecli.algorithms import get_algorithm
+
+                    plan, extra_row = get_algorithm("reconstruction").plan(pruner, self._original()), {}
+                else:
+                    plan, extra_row = pruner.plan(), {}
             self.ckpt = replace(self.ckpt, resume=None)
             diff = 0.0
             if plan.pruned:
@@ -412,13 +420,21 @@ class _Run:
             metrics["top1"] = rows[-1].top1
         self._save(resume=None, metrics=metrics)
         if cfg.latency:
-            dense = reference if reference is not None else self._parent()
+            dense = reference if reference is not None else getattr(self, "_reference", None) or self._parent()
             if dense is None:
                 report.notes.append("latency not measured: the run was resumed and its parent checkpoint is gone or changed")
             else:
                 lb, la = measure_latencies([dense.eval(), self.model.eval()], self.shape, batch_size=cfg.batch_size, device=self.device, repeats=cfg.repeats)
                 report.latency_ms_before, report.latency_ms_after = lb.median_ms, la.median_ms
         return report
+
+    def _original(self) -> torch.nn.Module:
+        """The starting network with its weights (the reconstruction methods' targets)."""
+        if getattr(self, "_reference", None) is None:
+            self._reference = self._parent()
+            if self._reference is None:
+                raise PruneCliError(f"{self.cfg.method} reconstructs against the starting network: its file (the lineage's parent) is gone or changed")
+        return self._reference
 
     def _parent(self) -> Optional[torch.nn.Module]:
         """A resumed run's starting network, from the parent file its lineage names (if unchanged)."""
