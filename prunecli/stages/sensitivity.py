@@ -177,6 +177,7 @@ def _sweep(
     source: Path, cfg: SensitivityConfig, pcfg: PruneConfig, criterion, rates: list[float], output: Path, dist: DistInfo, device: torch.device
 ) -> SensitivityReport:
     from prunecli._console import log, markup_safe
+    from prunecli.engine.prefix_cache import PrefixCache
     from prunecli.engine.progress import step_bar
     from prunecli.models import example_input
     from prunecli.stages.checkpoints import data_for_checkpoint, load_model
@@ -201,8 +202,15 @@ def _sweep(
         if u.index in slow:
             notes.append(f"{u.root}: masked through a full copy of the model ({slow[u.index]})")
 
+    cache = PrefixCache(model)
+    if cfg.replay:
+        cache.plan({u.index: u.members for u in units}, example_input(spec, batch=2, device=device), samples=batches.num_samples)  # the whole split: an upper bound per rank
+        if cache.note:
+            notes.append(f"--replay: {cache.note}")
+
     start = time.perf_counter()
-    base = evaluate(model, batches, device=device, dist_info=dist)
+    with cache.recording(batches) as b:
+        base = evaluate(model, b, device=device, dist_info=dist)
     baseline = Row(None, None, None, 0, 0.0, base.top1, base.top5, base.loss, base_macs)
     rows: list[Row] = []
     label = markup_safe(spec.name)
@@ -226,8 +234,8 @@ def _sweep(
                 else:
                     removal = masker.remove(u, channels)
                     masks, macs = removal.masks, removal.macs
-                with masks_applied(model, masks):
-                    result = evaluate(model, batches, device=device, dist_info=dist)
+                with masks_applied(model, masks), cache.replaying(u.index, batches) as b:
+                    result = evaluate(model, b, device=device, dist_info=dist)
                 row = Row(u.root, u.index, u.channels, len(channels), rate, result.top1, result.top5, result.loss, macs)
                 rows.append(row)
                 done.append(row)
