@@ -165,8 +165,8 @@ def test_group_masks_and_macs_equal_the_pruners_full_copy(tmp_path, model, kwarg
     base = count_complexity(net, (3, 8, 8)).macs
     masker = GroupMasker(pruner, base)
     units, _ = swept_units(pruner.plan(0.0), [])
-    # the first, a middle and the last unit (the stem's and deep ones): a full copy per unit is slow on deep models
-    for u in {id(u): u for u in (units[0], units[len(units) // 2], units[-1])}.values():
+    # the stem's unit and a middle one: a full copy per unit is slow on deep models
+    for u in {id(u): u for u in (units[0], units[len(units) // 2])}.values():
         assert masker.exact(u) is None, u.root
         plan = unit_plan(pruner, pruner.selection, u, 0.5)
         (p,) = plan.pruned

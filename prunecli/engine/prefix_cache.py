@@ -15,7 +15,9 @@ a tensor output, are replayed, and of those the outermost (a whole stage rather 
 blocks). Replaying is exact only on the same batches in the same order, so each batch's
 input is compared with the recorded one (by a checksum) and a mismatch is an error rather
 than a wrong number. The recorded outputs take memory: when they would exceed the budget,
-the cache stays off and every evaluation runs the whole model.
+the cache stays off and every evaluation runs the whole model. A module that reads another
+module's parameters directly (tied weights) is not seen by the call order: turn replaying
+off (``sensitivity --no-replay``) for such a model.
 """
 
 from __future__ import annotations

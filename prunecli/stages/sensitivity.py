@@ -357,6 +357,8 @@ def same_on_every_rank(channels: torch.Tensor, dist: DistInfo, device: torch.dev
 
     n = torch.tensor([len(channels)], dtype=torch.int64, device=device)
     tdist.broadcast(n, 0)
+    if int(n.item()) == 0:  # a rate too small to remove a channel
+        return torch.empty(0, dtype=torch.long)
     buf = channels.to(device=device, dtype=torch.int64) if dist.is_main else torch.empty(int(n.item()), dtype=torch.int64, device=device)
     tdist.broadcast(buf, 0)
     return buf.cpu()
