@@ -16,6 +16,7 @@ from prunecli.cli.info import info
 from prunecli.cli.list_ import list_
 from prunecli.cli.prune import prune
 from prunecli.cli.recipe import plot, recipe_app
+from prunecli.cli.sensitivity import sensitivity
 from prunecli.cli.train import train
 
 app = typer.Typer(
@@ -52,6 +53,7 @@ app.command("prune")(prune)
 app.command("compress")(compress)
 app.command("finetune")(finetune)
 app.command("evaluate")(evaluate)
+app.command("sensitivity")(sensitivity)
 app.command("info")(info)
 app.command("list")(list_)
 app.add_typer(recipe_app, name="recipe")

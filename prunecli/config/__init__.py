@@ -11,10 +11,12 @@ from prunecli.config.compress import CompressConfig
 from prunecli.config.evaluate import EvaluateConfig
 from prunecli.config.inspect import InfoConfig, ListConfig
 from prunecli.config.prune import Granularity, Protect, PruneConfig, Scope, Selection
+from prunecli.config.sensitivity import SensitivityConfig
 from prunecli.config.train import FinetuneConfig, Optimizer, Schedule, TrainConfig, TrainingOptions
 
 STAGE_CONFIGS: dict[str, type[StageConfig]] = {
-    c.command: c for c in (TrainConfig, PruneConfig, CompressConfig, FinetuneConfig, EvaluateConfig, InfoConfig, ListConfig)
+    c.command: c
+    for c in (TrainConfig, PruneConfig, CompressConfig, FinetuneConfig, EvaluateConfig, InfoConfig, ListConfig, SensitivityConfig)
 }
 
 
@@ -46,6 +48,7 @@ __all__ = [
     "Schedule",
     "Scope",
     "Selection",
+    "SensitivityConfig",
     "StageConfig",
     "TrainConfig",
     "TrainingOptions",

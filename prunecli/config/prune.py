@@ -193,6 +193,17 @@ class PruneConfig(FinetuneConfig):
     )
     round_to: int = option(1, help="Keep channel counts multiples of N.", panel=PANEL_WHERE, min=1)
     max_layer_rate: Optional[float] = option(None, help="Cap on any one layer's rate.", panel=PANEL_WHERE)
+    from_sensitivity: Optional[str] = option(
+        None,
+        help="Per-layer rates from a `prunecli sensitivity` sweep's sensitivity.json: each layer's largest rate within --max-drop "
+        "(with --target-macs, all scaled by one factor until the target is met).",
+        panel=PANEL_WHERE,
+        path=True,
+    )
+    # no default: how much accuracy a layer may cost is the user's call, not ours
+    max_drop: Optional[float] = option(
+        None, help="With --from-sensitivity: the top-1 points (percent) a layer's rate may cost in the sweep.", panel=PANEL_WHERE, min=0.0, max=100.0
+    )
     # 0: one-shot, the setting of Li et al. and of every prune -> finetune pipeline
     epochs: int = option(
         0, help="Prune while training for N epochs (per round with --rounds); 0: prune once, no training.", panel=PANEL_WHEN, min=0, max=MAX_EPOCHS
@@ -256,8 +267,9 @@ class PruneConfig(FinetuneConfig):
         super().validate()
         self.selection()  # rates, patterns and choices of the selection
         self._validate_training()
-        if self.rate is None and self.target_macs is None and not self.layer_rate and not self.layer_rates:
-            raise OptionError("say how much to prune: {rate} R, {target_macs} F, or {layer_rate}/{layer_rates}")
+        self._validate_sensitivity()
+        if self.rate is None and self.target_macs is None and not self.layer_rate and not self.layer_rates and self.from_sensitivity is None:
+            raise OptionError("say how much to prune: {rate} R, {target_macs} F, {layer_rate}/{layer_rates}, or {from_sensitivity}")
         if self.target_macs is not None:
             if self.rate is not None:
                 raise OptionError("{target_macs} searches for the rate: do not also give {rate}")
@@ -266,6 +278,23 @@ class PruneConfig(FinetuneConfig):
             raise OptionError("{compress} removes channels: it needs {granularity} channel")
         if self.mix_norm and self.scope is Scope.global_:
             raise OptionError("{mix_norm} selects within each layer: use {scope} layerwise")
+
+    def _validate_sensitivity(self) -> None:
+        if self.from_sensitivity is None:
+            if self.max_drop is not None:
+                raise OptionError("{max_drop} picks rates from a sensitivity sweep: it needs {from_sensitivity} FILE")
+            return
+        if self.max_drop is None:
+            raise OptionError("{from_sensitivity} needs {max_drop} D: the top-1 points a layer may cost (e.g. 1.0)")
+        for key, given in (("rate", self.rate is not None), ("layer_rate", bool(self.layer_rate)), ("layer_rates", bool(self.layer_rates))):
+            if given:
+                raise OptionError(f"{{from_sensitivity}} sets every layer's rate: drop {{{key}}} (scale them with {{target_macs}})")
+        if self.scope is Scope.global_:
+            raise OptionError("{from_sensitivity} gives per-layer rates: use {scope} layerwise")
+        if self.granularity is not Granularity.channel:
+            raise OptionError("{from_sensitivity} holds channel sweeps: it needs {granularity} channel")
+        if self.training:
+            raise OptionError("{from_sensitivity} prunes once: drop {epochs} (fine-tune the result with `prunecli finetune`)")
 
     def _validate_training(self) -> None:
         if not REWIND.match(self.rewind):

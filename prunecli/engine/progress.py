@@ -1,4 +1,4 @@
-"""Progress display on stderr: a live rich bar on a terminal, one line per epoch otherwise."""
+"""Progress display on stderr: a live rich bar on a terminal, one line per epoch (or per layer swept) otherwise."""
 
 from __future__ import annotations
 
@@ -46,3 +46,38 @@ def epoch_bar(description: str, total_images: int):
     ) as progress:
         task = progress.add_task(description, total=total_images)
         yield _Bar(progress, task)
+
+
+@contextlib.contextmanager
+def step_bar(description: str, total_steps: int, unit: str = "steps"):
+    """A bar over ``total_steps`` steps with elapsed time and ETA; yields ``advance(steps)`` or None off a terminal.
+
+    For loops whose steps are whole evaluations (a sensitivity sweep), where images per
+    second would say less than how long the rest takes.
+    """
+    con = console()
+    if not con.is_terminal or con.quiet:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=con,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=total_steps)
+
+        class _Steps:
+            def advance(self, steps: int = 1, description: str | None = None) -> None:
+                """``description``: what the next step works on (the layer being swept)."""
+                progress.update(task, advance=steps, **({"description": description} if description is not None else {}))
+
+        yield _Steps()

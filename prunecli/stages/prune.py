@@ -177,8 +177,13 @@ def prune_checkpoint(source: Path, cfg: PruneConfig, *, output: Path) -> PruneRe
     if algorithm.reconstructs:
         check_reconstruction_options(cfg)
     device = resolve_device(cfg.device)
+    sweep = None
+    if cfg.from_sensitivity is not None:
+        from prunecli.stages.sensitivity import read_sweep
+
+        sweep = read_sweep(Path(cfg.from_sensitivity))  # a bad file fails before the output is claimed
     with claim_output(Path(output), overwrite=cfg.overwrite):  # checked and locked before any work
-        return _prune(Path(source), cfg, Path(output), criterion, algorithm, device)
+        return _prune(Path(source), cfg, Path(output), criterion, algorithm, device, sweep)
 
 
 def check_reconstruction_options(cfg: PruneConfig) -> None:
@@ -189,9 +194,11 @@ def check_reconstruction_options(cfg: PruneConfig) -> None:
         raise OptionError(f"{{granularity}} {cfg.granularity.value}: {cfg.method} removes whole channels and refits the next layer; use {{granularity}} channel")
     if cfg.target_macs is not None:
         raise OptionError(f"{{target_macs}} searches the rate by planning many times; {cfg.method} changes weights as it plans: give {{rate}}")
+    if getattr(cfg, "from_sensitivity", None) is not None:
+        raise OptionError(f"{{from_sensitivity}} sets per-layer rates by scores; {cfg.method} chooses by reconstructing the next layer: give {{rate}}")
 
 
-def _prune(source: Path, cfg: PruneConfig, output: Path, criterion: Criterion, algorithm, device: torch.device) -> PruneReport:
+def _prune(source: Path, cfg: PruneConfig, output: Path, criterion: Criterion, algorithm, device: torch.device, sweep=None) -> PruneReport:
     ckpt, model = load_model(source, device=device, allow_nonfinite=cfg.allow_nonfinite)
     ckpt, model = with_channel_selection(ckpt, model, cfg, criterion)
     spec = ckpt.model
@@ -201,7 +208,10 @@ def _prune(source: Path, cfg: PruneConfig, output: Path, criterion: Criterion, a
     pruner = pruner_for(cfg, criterion, model, spec, device, calibration)
     before = count_complexity(model, shape)
     layers: list = []
-    if algorithm.reconstructs:
+    used = None
+    if sweep is not None:
+        plan, used = plan_from_sensitivity(sweep, cfg, criterion, pruner, ckpt.model, str(source))
+    elif algorithm.reconstructs:
         # the targets come from the network as loaded; `model` is reconstructed in place
         plan = algorithm.plan(pruner, copy.deepcopy(model), report=layers)
     else:
@@ -209,6 +219,8 @@ def _prune(source: Path, cfg: PruneConfig, output: Path, criterion: Criterion, a
     check_something_selected(plan, cfg)
     extra = dict(ckpt.extra)
     extra["prune"] = {**prune_record(cfg, criterion, algorithm.name, plan.rate), "target_macs": cfg.target_macs, "layers": [vars(r) for r in plan.rows()]}
+    if used is not None:
+        extra["prune"]["from_sensitivity"] = used
     options = cfg.to_options()
     notes = list(plan.notes)
     if layers:
@@ -249,6 +261,67 @@ def reconstruction_summary(layers) -> str:
         f"reconstruction: next-layer relative error on the calibration samples {pruned:.4f} pruned -> {rebuilt:.4f} "
         f"reconstructed (mean over {len(layers)} layer(s); ||Y - Y_hat||^2 / ||Y||^2 against the original network)"
     )
+
+
+def plan_from_sensitivity(sweep, cfg: PruneConfig, criterion: Criterion, pruner: Pruner, spec, where: str) -> tuple[Plan, dict[str, Any]]:
+    """``--from-sensitivity FILE --max-drop D``: each layer's largest swept rate within D points.
+
+    With ``--target-macs`` those rates are scaled by one factor, searched like the base rate
+    (`Pruner.plan_for_macs`), until the compressed model loses the target share of its
+    MACs; a scaled rate is capped where the layer would keep a single channel. Returns the
+    plan and what the checkpoint records about it (the file's path and sha256 among it).
+    """
+    from prunecli.stages.sensitivity import check_architecture, exact_pattern, rates_within
+
+    check_architecture(sweep, spec, pruner.units, where)
+    chosen = rates_within(sweep, cfg.max_drop)
+    units = {u.root: u for u in pruner.units}
+    unknown = [layer for layer in chosen if layer not in units]
+    if unknown:
+        raise PruneCliError(f"--from-sensitivity {sweep.path}: layer {unknown[0]!r} is not a prunable layer of {spec.name}")
+    rates = {layer: r for layer, r in chosen.items() if r > 0}
+    if not rates:
+        drops = [(sweep.baseline_top1 - t, layer, r) for layer, pts in sweep.curves.items() for r, t in pts]
+        least = min(drops, default=None)
+        hint = f"; the smallest drop measured is {least[0]:.2f} points ({least[1]} at rate {least[2]:g})" if least else ""
+        raise OptionError(f"{{max_drop}} {cfg.max_drop:g}: no swept layer stays within it at any rate, nothing to prune{hint}")
+    base = pruner.selection
+
+    def cap(layer: str) -> float:
+        u = units[layer]
+        width = u.channels // max(1, u.conv_groups)
+        return 1.0 - 1.0 / width if width > 1 else 0.0
+
+    def plan_at(scale: float) -> Plan:
+        pruner.selection = replace(base, rate=0.0, layer_rate=[(exact_pattern(layer), min(r * scale, cap(layer))) for layer, r in rates.items()])
+        try:
+            return pruner.plan()
+        finally:
+            pruner.selection = base
+
+    scale = 1.0
+    if cfg.target_macs is not None:
+        upper = max(cap(layer) / r for layer, r in rates.items())  # beyond it every layer sits at its cap
+        plan = pruner.plan_for_macs(cfg.target_macs, plan_at=plan_at, upper=upper, what="scale")
+        scale = plan.rate
+        plan.notes.append(f"sensitivity rates scaled by {scale:g} to remove {cfg.target_macs:.0%} of the MACs")
+    else:
+        plan = plan_at(1.0)
+    plan.rate = None  # no base rate: every layer has its own
+    left = len(chosen) - len(rates)
+    if left:
+        plan.notes.append(f"{left} of {len(chosen)} swept layers lose more than {cfg.max_drop:g} points at every rate: left whole")
+    if sweep.method != cfg.method:
+        plan.notes.append(f"the sweep measured --method {sweep.method}; this prune selects with {cfg.method}")
+    record = {
+        "path": str(sweep.path),
+        "sha256": sweep.sha256,
+        "max_drop": cfg.max_drop,
+        "method": sweep.method,
+        "scale": scale,
+        "rates": {layer: round(min(r * scale, cap(layer)), 6) for layer, r in rates.items()},
+    }
+    return plan, record
 
 
 def check_something_selected(plan: Plan, cfg: PruneConfig) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
-from typing import Iterable, Optional, Protocol
+from typing import Callable, Iterable, Optional, Protocol
 
 import torch
 import torch.nn as nn
@@ -272,31 +272,38 @@ class Pruner:
                 plans.append(UnitPlan(u, "prune", prune=dead))
         return Plan("channel", plans, notes=notes)
 
-    def plan_for_macs(self, target: float) -> Plan:
+    def plan_for_macs(
+        self, target: float, *, plan_at: Optional[Callable[[float], Plan]] = None, upper: Optional[float] = None, what: str = "rate"
+    ) -> Plan:
         """The plan whose removal takes away at least ``target`` of the MACs, at the lowest base rate.
 
         Bisection on the base rate; each candidate is removed from a copy and counted with
         ptflops, so the answer holds for the compressed model, not for an estimate.
+        ``plan_at(x)`` searches another family of plans that grows with x, over [0, ``upper``]
+        (``prune --from-sensitivity`` scales its per-layer rates by x); ``what`` names x in errors.
         """
         check_target_macs(target, self.granularity)
         shape = tuple(self.example.shape[1:])
         base = count_complexity(self.model, shape).macs
+        plan_at = plan_at or self.plan
 
         def reduction(rate: float) -> tuple[float, Plan]:
-            plan = self.plan(rate)
+            plan = plan_at(rate)
             return 1.0 - count_complexity(self._removed_copy(plan), shape).macs / base, plan
 
-        eligible = [p for p in self.plan(0.0).units if p.status == "prune"]
-        # the largest base rate that leaves every unit at least one channel (or position)
-        widths = [p.size // max(1, p.unit.conv_groups) for p in eligible]
-        feasible = min((1.0 - 1.0 / w for w in widths if w > 1), default=0.0)
-        lo, hi = 0.0, min(0.99, self.selection.max_layer_rate or 0.99, feasible)
+        if upper is None:
+            eligible = [p for p in self.plan(0.0).units if p.status == "prune"]
+            # the largest base rate that leaves every unit at least one channel (or position)
+            widths = [p.size // max(1, p.unit.conv_groups) for p in eligible]
+            feasible = min((1.0 - 1.0 / w for w in widths if w > 1), default=0.0)
+            upper = min(0.99, self.selection.max_layer_rate or 0.99, feasible)
+        lo, hi = 0.0, upper
         top, best = reduction(hi)
         if top < target:
             digits = 1
             while round(top * 100, digits) >= round(target * 100, digits) and digits < 6:  # 99.99% must not read 100.0%
                 digits += 1
-            raise OptionError(f"{{target_macs}} {target}: these settings remove at most {top * 100:.{digits}f}% of the MACs (at rate {hi:g})")
+            raise OptionError(f"{{target_macs}} {target}: these settings remove at most {top * 100:.{digits}f}% of the MACs (at {what} {hi:g})")
         best_rate = hi
         for _ in range(20):
             mid = (lo + hi) / 2
