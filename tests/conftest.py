@@ -19,6 +19,15 @@ import pytest
 
 from prunecli.cli.app import main
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # the suite runs in two processes on two cores (pytest-xdist, -n 2): one thread each, for
+    # the workers and for the prunecli processes the tests start, rather than four threads
+    # fighting over two cores
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Tiny, fast and learnable: synthetic 3x8x8, 10 classes, conv2 (no BatchNorm).

@@ -88,6 +88,10 @@ def architecture_rows(recipe: Recipe) -> list[ArchitectureRow]:
                 options.update({"device": "cpu", "calib-batches": 1, "batch-size": 2, "workers": 0})
                 prune_checkpoint(paths[stage.inputs[0]], PruneConfig.from_options(options), output=out)
                 paths[stage.name] = out
+            elif stage.command == "compress" and stage.options.get("block-by-block"):
+                # what a block-by-block method removes depends on training: no architecture-only row
+                paths[stage.name] = paths[stage.inputs[0]]
+                continue
             elif stage.command == "compress":
                 compress_checkpoint(paths[stage.inputs[0]], CompressConfig.from_options({**stage.options, "latency": False}), output=out)
                 paths[stage.name] = out
