@@ -129,3 +129,22 @@ def test_reconstruction_methods_run_block_by_block(cli, tmp_path, resnet_base, m
     # the layer reading the pruned channels was refitted: none of its input-channel slices is one of the base's
     w_small, w_base = small.layer1[0].conv2.weight.detach(), base.layer1[0].conv2.weight.detach()
     assert not any(torch.equal(w_small[:, j], w_base[:, i]) for j in range(w_small.shape[1]) for i in range(w_base.shape[1]))
+
+
+def test_max_blocks_stops_early_and_resume_finishes(cli, tmp_path, resnet_base):
+    """--max-blocks N: a complete, resumable file after N blocks; --resume runs the rest."""
+    out = tmp_path / "part.pt"
+    args = ["--block-by-block", "--method", "l1", "--rate", "0.5", "--no-latency"]
+    r = cli("compress", resnet_base, *args, "--max-blocks", "1", "-o", out)
+    assert r.code == 0, r.stderr
+    assert "1 of 3 blocks done" in r.stderr
+    state = load_checkpoint(out).extra["block_by_block"]
+    assert state["done"] == 1 and not state["complete"]
+    load_model(out)  # a valid compressed checkpoint already
+    assert cli("compress", "--resume", out).code == 0
+    state = load_checkpoint(out).extra["block_by_block"]
+    assert state["done"] == 3 and state["complete"]
+    whole = tmp_path / "whole.pt"
+    assert cli("compress", resnet_base, *args, "-o", whole).code == 0
+    a, b = load_checkpoint(whole), load_checkpoint(out)
+    assert a.structure == b.structure and all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)

@@ -57,15 +57,7 @@ def test_shipped_recipe_passes_check(cli, name):
     assert "outside" not in r.stderr
 
 
-# The Sensitivity Pruner's recipes learn a strategy on every block of a full-size network
-# (ResNet-50, VGG-16, MobileNetV2): one smoke run takes 1.5-2 minutes on 2 CPU cores, too long
-# for the default suite. They smoke-run under -m slow; the method itself is tested on small
-# models in tests/test_sensitivity_pruner.py, and their check runs by default.
-HEAVY_SMOKE = {name for name in SHIPPED if name.startswith("sensitivity-pruner/")}
-SMOKE = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY_SMOKE else n for n in SHIPPED]
-
-
-@pytest.mark.parametrize("name", SMOKE)
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_recipe_smoke_runs(cli, tmp_path, name):
     run_dir = tmp_path / "run"
     r = cli("recipe", "run", name, "--smoke", "-o", run_dir)

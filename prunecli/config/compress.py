@@ -68,6 +68,8 @@ class CompressConfig(StageConfig):
     data: Optional[str] = option(None, help="Dataset root folder (default: the one the checkpoint records).", panel=PANEL_DATA, path=True)
     workers: int = option(4, help="DataLoader workers for image-folder datasets.", panel=PANEL_DATA, min=0)
     resume: Optional[str] = option(None, help="Continue a killed --block-by-block run at its first unfinished block.", panel=PANEL_BLOCKS, path=True)
+    # a long run in parts (and the recipes' smoke runs): the file after N blocks is complete and resumable
+    max_blocks: Optional[int] = option(None, help="Block by block: stop after the first N blocks (--resume, with a larger N or none, continues).", panel=PANEL_BLOCKS, min=1)
     # None: 32 for latency (a CPU measurement of ResNet-50 under a minute); 64 for block-by-block training
     batch_size: Optional[int] = option(
         None, help="Batch size of the latency measurement (and of block-by-block training: default 64).", panel=PANEL_RUN, flags=("-b",), min=1, max=MAX_BATCH

@@ -14,7 +14,9 @@ and every later one.
 ``smoke=True`` proves the wiring in seconds: every stage runs as written but on
 synthetic 16x16 data with at most 10 classes (an ImageNet head of 1,000 would make the
 synthetic test split 1,000 images), at most 2 epochs of 1 batch of 8, 1 calibration
-batch, on the CPU and without latency timing (`smoke_options`).
+batch, on the CPU and without latency timing (`smoke_options`); a block-by-block compress
+does its first two blocks only (``--max-blocks 2``: the second already sees the smaller
+network).
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ def smoke_options(stage: Stage, classes: dict[str, int]) -> dict[str, Any]:
     if stage.command == "compress" and stage.config().block_by_block:  # one short epoch per block, on the smoke data
         cfg = stage.config()
         o.update({"unit-epochs": min(cfg.unit_epochs, 1), "unit-finetune-epochs": min(cfg.unit_finetune_epochs, 1), "steps-per-epoch": 1,
-                  "batch-size": SMOKE_BATCH, "workers": 0, "calib-batches": 1})
+                  "batch-size": SMOKE_BATCH, "workers": 0, "calib-batches": 1, "max-blocks": 2})  # two blocks: the second sees the smaller net
         o.pop("dataset", None)
         o.pop("data", None)
     if stage.command == "evaluate":

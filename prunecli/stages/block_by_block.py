@@ -150,7 +150,8 @@ def resume_blocks(path: Path, overrides: Mapping[str, Any], *, output: Optional[
         raise CheckpointError(f"{path}: not a block-by-block compress run (nothing to resume)")
     try:
         before = CompressConfig.from_options(state["config"])
-        cfg = CompressConfig.from_options({**state["config"], **overrides})
+        # --max-blocks applies to one invocation: a resume without it runs to the last block
+        cfg = CompressConfig.from_options({**state["config"], "max_blocks": None, **overrides})
     except OptionError as e:
         raise CheckpointError(f"{path}: its block-by-block state holds invalid options ({e})") from None
     for name in _FIXED:
@@ -222,7 +223,8 @@ class _Run:
         reference = copy.deepcopy(self.model) if self.state["done"] == 0 and not self.ckpt.resume else None
         self._reference = reference
         total = len(blocks)
-        for k in range(int(self.state["done"]), total):
+        end = total if self.cfg.max_blocks is None else min(total, self.cfg.max_blocks)  # --max-blocks: stop early, resumable
+        for k in range(int(self.state["done"]), end):
             self._block(k, blocks[k])
             kill = os.environ.get(KILL_AFTER_BLOCK_ENV, "")
             if kill.strip().isdigit() and int(kill) == k + 1:
@@ -414,7 +416,12 @@ class _Run:
             latency_batch_size=cfg.batch_size,
             max_abs_diff=max((r.max_abs_diff for r in rows), default=0.0),
         )
-        self.state["complete"] = True
+        self.state["complete"] = int(self.state["done"]) >= len(self.state["blocks"])
+        if not self.state["complete"]:
+            report.notes.append(
+                f"--max-blocks: {self.state['done']} of {len(self.state['blocks'])} blocks done; "
+                f"`prunecli compress --resume {self.output}` (with a larger --max-blocks, or none) continues"
+            )
         metrics = {"macs": after.macs, "params": after.params, "macs_before_compress": original["macs"], "max_abs_diff": report.max_abs_diff}
         if rows and rows[-1].top1 is not None:
             metrics["top1"] = rows[-1].top1
