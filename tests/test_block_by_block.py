@@ -78,10 +78,15 @@ def _run(args, env=None):
     return subprocess.run([sys.executable, "-m", "prunecli", *map(str, args)], env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("kill", [{"PRUNECLI_KILL_AFTER_BLOCK": "1"}, {"PRUNECLI_KILL_DURING_EPOCH": "2"}], ids=["between-blocks", "inside-training"])
-def test_killed_run_resumes_to_the_same_network(cli, tmp_path, resnet_base, kill):
-    args = ["--block-by-block", "--method", "l1", "--rate", "0.4", "--unit-finetune-epochs", "2", "--steps-per-epoch", "2", "--lr", "0.01",
-            "--no-latency", "--batch-size", "32", "--units", "layer1,layer2"]
+@pytest.mark.parametrize(
+    "kill, method",
+    [({"PRUNECLI_KILL_AFTER_BLOCK": "1"}, "l1"), ({"PRUNECLI_KILL_DURING_EPOCH": "2"}, "l1"), ({"PRUNECLI_KILL_AFTER_BLOCK": "1"}, "thinet")],
+    ids=["between-blocks", "inside-training", "thinet-between-blocks"],
+)
+def test_killed_run_resumes_to_the_same_network(cli, tmp_path, resnet_base, kill, method):
+    # thinet: the resumed run takes its targets from the starting network's file (the lineage's parent)
+    args = ["--block-by-block", "--method", method, "--rate", "0.4", "--unit-finetune-epochs", "2", "--steps-per-epoch", "2", "--lr", "0.01",
+            "--no-latency", "--batch-size", "32", "--units", "layer1,layer2", "--calib-batches", "1"]
     whole, cut = tmp_path / "whole.pt", tmp_path / "cut.pt"
     r = cli("compress", resnet_base, *args, "-o", whole)
     assert r.code == 0, r.stderr
@@ -140,6 +145,7 @@ def test_max_blocks_stops_early_and_resume_finishes(cli, tmp_path, resnet_base):
     assert "1 of 3 blocks done" in r.stderr
     state = load_checkpoint(out).extra["block_by_block"]
     assert state["done"] == 1 and not state["complete"]
+    assert load_checkpoint(out).lineage[-1]["blocks_done"] == ["layer1"] and load_checkpoint(out).lineage[-1]["blocks"] == 3
     load_model(out)  # a valid compressed checkpoint already
     assert cli("compress", "--resume", out).code == 0
     state = load_checkpoint(out).extra["block_by_block"]

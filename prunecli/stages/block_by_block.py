@@ -390,8 +390,14 @@ class _Run:
     def _save(self, *, resume: Optional[dict], metrics: Optional[dict] = None, model: Optional[torch.nn.Module] = None) -> None:
         extra = dict(self.ckpt.extra)
         extra[STATE] = dict(self.state)
+        # the lineage's compress entry names the blocks done so far (of how many)
+        lineage = [dict(e) for e in self.ckpt.lineage]
+        if lineage:
+            lineage[-1]["blocks_done"] = [r["block"] for r in self.state["rows"]]
+            lineage[-1]["blocks"] = len(self.state.get("blocks") or [])
         self.ckpt = replace(
             self.ckpt,
+            lineage=lineage,
             state_dict=(model or self.model).state_dict(),
             extra=extra,
             resume=resume,
