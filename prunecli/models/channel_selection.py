@@ -33,13 +33,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prunecli.models.build import register_converter
+from prunecli.models.routing import SourceRouting
 from prunecli.models.structure import register_routing_layer
 
 CONVERTER = "channel-selection"
 
 
 @register_routing_layer
-class ChannelSelection(nn.Module):
+class ChannelSelection(SourceRouting):
     """Parameter-free: output channel j is input channel ``source[j]``, or zero where it is -1.
 
     As built, it selects every input in order (the forward is then the identity). Removing
@@ -50,61 +51,20 @@ class ChannelSelection(nn.Module):
     ``starts_unit``: the selection's outputs are a pruning unit of their own.
     """
 
-    maskable_buffers = ("gate",)
     starts_unit = True
 
     def __init__(self, channels: int):
         super().__init__()
         if channels < 1:
             raise ValueError(f"a channel selection needs at least one channel, got {channels}")
-        self.in_channels = channels
-        self.out_channels = channels
-        self.register_buffer("source", torch.arange(channels, dtype=torch.int64))
-        self.register_buffer("gate", torch.ones(channels))
-        self.register_buffer("_gather", torch.empty(0, dtype=torch.int64), persistent=False)
-        self.refresh()
+        self._init_routing(channels, torch.arange(channels))
 
-    def refresh(self) -> None:
-        """Recompute the forward's identity flag and gather index from ``source``."""
+    def _fast_path(self) -> None:
         src = self.source
         if src.is_meta:  # built without memory to check shapes (prunecli.models.build): nothing to index
             self._identity = True
             return
         self._identity = bool(src.numel() == self.in_channels and torch.equal(src, torch.arange(self.in_channels, device=src.device)))
-        # a zero channel is input channel C_in, which the forward appends
-        self._gather = torch.where(src >= 0, src, torch.full_like(src, self.in_channels))
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # the widths come from replaying the pruning history; the loaded source says which inputs
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.refresh()
-
-    def prune_out_channels(self, idxs) -> None:
-        drop = {int(i) for i in idxs}
-        index = torch.tensor([j for j in range(self.out_channels) if j not in drop], dtype=torch.long, device=self.source.device)
-        self.source = self.source[index]
-        self.gate = self.gate[index]
-        self.out_channels = len(index)
-        self.refresh()
-
-    def prune_in_channels(self, idxs) -> None:
-        drop = {int(i) for i in idxs}
-        new_index, n = [], 0
-        for i in range(self.in_channels):
-            if i in drop:
-                new_index.append(-1)
-            else:
-                new_index.append(n)
-                n += 1
-        mapping = torch.tensor(new_index + [-1], dtype=torch.long, device=self.source.device)
-        self.source = torch.where(self.source >= 0, mapping[self.source.clamp(min=0)], self.source)
-        self.in_channels = n
-        self.refresh()
-
-    def channel_alive(self, local: torch.Tensor) -> torch.Tensor:
-        """For output channels ``local``: do they pass an input through (not gone, not masked)?"""
-        local = local.to(self.source.device)
-        return ((self.source[local] >= 0) & (self.gate[local] != 0)).cpu()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._identity:

@@ -25,11 +25,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prunecli.models._registry import register_model
+from prunecli.models.routing import SourceRouting
 from prunecli.models.structure import register_routing_layer
 
 
 @register_routing_layer
-class ShortcutA(nn.Module):
+class ShortcutA(SourceRouting):
     """He et al.'s option-A shortcut: keep every ``stride``-th pixel, append zero channels.
 
     Parameter-free. ``source[j]`` names the input channel that output channel j carries, or
@@ -47,23 +48,14 @@ class ShortcutA(nn.Module):
     compressed model computes.
     """
 
-    maskable_buffers = ("gate",)
-
     def __init__(self, in_channels: int, out_channels: int, stride: int):
         super().__init__()
         if out_channels < in_channels:
             raise ValueError(f"option-A shortcut cannot reduce channels ({in_channels} -> {out_channels})")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
         self.stride = stride
-        source = torch.cat([torch.arange(in_channels), torch.full((out_channels - in_channels,), -1)])
-        self.register_buffer("source", source.to(torch.int64))
-        self.register_buffer("gate", torch.ones(out_channels))
-        self.register_buffer("_gather", torch.empty(0, dtype=torch.int64), persistent=False)
-        self.refresh()
+        self._init_routing(in_channels, torch.cat([torch.arange(in_channels), torch.full((out_channels - in_channels,), -1)]))
 
-    def refresh(self) -> None:
-        """Recompute the forward's fast-path flag and gather index from ``source``."""
+    def _fast_path(self) -> None:
         src = self.source
         prefix = torch.arange(self.in_channels, device=src.device)
         self._is_prefix = bool(
@@ -71,40 +63,6 @@ class ShortcutA(nn.Module):
             and torch.equal(src[: self.in_channels], prefix)
             and bool((src[self.in_channels :] == -1).all())
         )
-        # the zero channel is appended as input channel C_in by the forward's padding
-        self._gather = torch.where(src >= 0, src, torch.full_like(src, self.in_channels))
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.refresh()
-
-    def prune_out_channels(self, idxs) -> None:
-        drop = {int(i) for i in idxs}
-        index = torch.tensor([j for j in range(self.out_channels) if j not in drop], dtype=torch.long, device=self.source.device)
-        self.source = self.source[index]
-        self.gate = self.gate[index]
-        self.out_channels = len(index)
-        self.refresh()
-
-    def prune_in_channels(self, idxs) -> None:
-        drop = {int(i) for i in idxs}
-        # new index of every old input channel; a removed input becomes a zero output (-1)
-        new_index, n = [], 0
-        for i in range(self.in_channels):
-            if i in drop:
-                new_index.append(-1)
-            else:
-                new_index.append(n)
-                n += 1
-        mapping = torch.tensor(new_index + [-1], dtype=torch.long, device=self.source.device)
-        self.source = torch.where(self.source >= 0, mapping[self.source.clamp(min=0)], self.source)
-        self.in_channels = n
-        self.refresh()
-
-    def channel_alive(self, local: torch.Tensor) -> torch.Tensor:
-        """For output channels ``local``: does the channel carry data (an input, not masked)?"""
-        local = local.to(self.source.device)
-        return ((self.source[local] >= 0) & (self.gate[local] != 0)).cpu()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride > 1:
