@@ -146,6 +146,10 @@ def lineage_entry(command: str, options: Mapping[str, Any], parent: Optional[Pat
     }
 
 
+# extra entries that belong to the file that wrote them and are not carried to derived
+# files: edge-popup's score tensors (the mask they chose is carried, as masks)
+STAGE_LOCAL_EXTRA = ("edgepopup_scores",)
+
 _CARRIED = ("model", "converters", "structure", "masks", "dataset", "extra")
 
 
@@ -160,7 +164,7 @@ def derive(parent: Optional[Checkpoint], stage: str, options: Mapping[str, Any],
     carried = {k: getattr(parent, k) for k in _CARRIED} if parent is not None else {}
     if parent is not None:
         carried["masks"] = dict(parent.masks)
-        carried["extra"] = dict(parent.extra)
+        carried["extra"] = {k: v for k, v in parent.extra.items() if k not in STAGE_LOCAL_EXTRA}
     values = {**carried, **fields}
     values.setdefault("state_dict", {})
     entry = lineage_entry(stage, options, parent=parent.path if parent is not None else None)

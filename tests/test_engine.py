@@ -25,7 +25,7 @@ def test_lr_schedules():
     assert lr_factor(c, 19, spe) == 1.0 and lr_factor(c, 20, spe) == pytest.approx(0.1) and lr_factor(c, 50, spe) == pytest.approx(0.01)
     c = TrainConfig(epochs=4, schedule="cosine")
     assert lr_factor(c, 0, spe) == 1.0 and lr_factor(c, 20, spe) == pytest.approx(0.5) and lr_factor(c, 40, spe) == pytest.approx(0.0)
-    c = TrainConfig(epochs=4, schedule="cosine", warmup_epochs=1)
+    c = TrainConfig(epochs=4, schedule="cosine", lr_warmup_epochs=1)
     assert lr_factor(c, 0, spe) == pytest.approx(0.1) and lr_factor(c, 9, spe) == pytest.approx(1.0)
     assert lr_factor(c, 10, spe) == 1.0 and lr_factor(c, 25, spe) == pytest.approx(0.5)
     with pytest.raises(PruneCliError):

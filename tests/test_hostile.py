@@ -275,7 +275,7 @@ def test_config_folder_and_missing_file(cli, tmp_path):
         (["train", "--lr", "inf"], "--lr"),
         (["train", "--lr", "nan"], "--lr"),
         (["train", "--lr", "1e300"], "--lr"),
-        (["train", "--warmup-epochs", "inf"], "--warmup-epochs"),
+        (["train", "--lr-warmup-epochs", "inf"], "--lr-warmup-epochs"),
         (["prune", "BASE", "--rate", "0.5", "--max-layer-rate", "nan"], "--max-layer-rate"),
         (["train", "--milestones", "5,-3"], "increasing"),
         (["train", "--epochs", "1e30"], "--epochs"),

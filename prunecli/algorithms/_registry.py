@@ -61,6 +61,9 @@ class Algorithm:
 
     def accepts(self, criterion: Criterion) -> Optional[str]:
         """None if ``criterion`` fits this algorithm, else why it does not."""
+        learned = getattr(criterion, "learned", None)
+        if learned is not None and learned != self.name:
+            return f"{criterion.name} learns its mask while training ({learned}): use {{epochs}} N with {{method}} {criterion.name}"
         if getattr(criterion, "reconstructs", False) and not self.reconstructs:
             return (
                 f"{criterion.name} prunes once, layer by layer, reconstructing each next layer from calibration data: "
@@ -69,7 +72,7 @@ class Algorithm:
         return None
 
 
-_MODULES = ("one_shot", "soft", "gradual", "iterative", "reconstruction")
+_MODULES = ("one_shot", "soft", "gradual", "iterative", "reconstruction", "edgepopup")
 
 
 def _import_algorithms() -> None:

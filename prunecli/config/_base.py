@@ -37,6 +37,9 @@ from prunecli.errors import OptionError
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64-bit seeds
 MAX_BATCH = 1_000_000  # a bound that catches a typo; no GPU holds a million images
 
+# options renamed since a release: an old config file gets the new name in its error
+RENAMED = {"warmup-epochs": "lr-warmup-epochs"}  # prune --warmup-epochs is now the learned-score warm-up
+
 PANEL_DATA = "Data"
 PANEL_MODEL = "Model"
 PANEL_OPT = "Optimisation"
@@ -366,6 +369,8 @@ class StageConfig:
         for s in option_specs(cls):
             if wanted in (s.key, s.name.replace("_", "-")):
                 return s
+        if wanted in RENAMED and any(s.key == RENAMED[wanted] for s in option_specs(cls)):
+            raise OptionError(f"{key!r} is now {RENAMED[wanted]!r} (for `prunecli {cls.command}`)")
         valid = ", ".join(s.key for s in option_specs(cls))
         raise OptionError(f"unknown key {key!r} for `prunecli {cls.command}`; valid keys: {valid}")
 

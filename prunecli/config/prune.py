@@ -26,6 +26,25 @@ from prunecli.errors import OptionError
 class Granularity(str, enum.Enum):
     channel = "channel"
     weight = "weight"
+    # Sparse Structure Selection's gates only (prune --method sss): a gate per residual
+    # block, or per group of a grouped convolution (ResNeXt's cardinality groups)
+    block = "block"
+    group = "group"
+
+
+class Rank(str, enum.Enum):
+    """How edge-popup's channel mode ranks a channel from its weights' scores (seed 000's rank_method)."""
+
+    absolute = "absolute"  # mean |s| over the channel's weights (hidden-networks)
+    relevant = "relevant"  # sum |s| (or sum s, --no-rank-abs) / sum |s_init|
+
+
+class ScoreInit(str, enum.Enum):
+    """Edge-popup's score initialisation (hidden-networks: kaiming-uniform, a = sqrt(5))."""
+
+    kaiming_uniform = "kaiming-uniform"
+    uniform = "uniform"
+    gaussian = "gaussian"
 
 
 class Scope(str, enum.Enum):
@@ -62,6 +81,9 @@ class StreamBN(str, enum.Enum):
     select = "select"  # a channel-selection layer: only the next conv's inputs go (Network Slimming)
     couple = "couple"  # one dependency group: the stream's channels go from every layer on it
 
+
+# the methods that learn their mask while training, and their algorithm (prunecli.algorithms)
+LEARNED_METHODS = {"edgepopup": "edgepopup", "sss": "sss"}
 
 REWIND = re.compile(r"^(none|init|epoch:(\d{1,6}))$")
 
@@ -148,7 +170,9 @@ class PruneConfig(FinetuneConfig):
     method: str = option("l1", help="Criterion (prunecli list methods).", panel=PANEL_WHAT, flags=("-m",))
     rate: Optional[float] = option(None, help="Fraction removed, in [0, 1).", panel=PANEL_WHAT, flags=("-r",))
     granularity: Granularity = option(
-        Granularity.channel, help="channel: output filters/neurons; weight: single weights.", panel=PANEL_WHAT
+        Granularity.channel,
+        help="channel: output filters/neurons; weight: single weights; block, group: Sparse Structure Selection's gates (--method sss).",
+        panel=PANEL_WHAT,
     )
     # layer-wise is what Li et al., SFP and FPGM do; global needs comparable scores
     scope: Scope = option(
@@ -244,6 +268,35 @@ class PruneConfig(FinetuneConfig):
     rewind: str = option(
         "none", help="Before each round's training, reset survivors to their weights at init or epoch:K (saved by train --save-rewind K).", panel=PANEL_WHEN
     )
+    # 0: prune from the first epoch. Seed 000 uses 20 with a global scope, so that a global
+    # threshold cannot empty a layer while the scores are still at their initial scale
+    warmup_epochs: int = option(
+        0,
+        help="Learned masks (edgepopup): train the scores with nothing pruned for the first N epochs (the seed's "
+        "--gp_warm_up_epochs). The learning-rate warm-up is --lr-warmup-epochs.",
+        panel=PANEL_WHEN,
+        min=0,
+        max=MAX_EPOCHS,
+    )
+    # hidden-networks' kaiming-uniform with a = sqrt(5) (nn.Conv2d's own weight init)
+    score_init: ScoreInit = option(
+        ScoreInit.kaiming_uniform,
+        help="edgepopup: score initialisation: kaiming-uniform (a = sqrt 5, as hidden-networks), uniform [0, 1), gaussian N(0, 1).",
+        panel=PANEL_WHEN,
+    )
+    # absolute is hidden-networks' mean |score|; relevant divides by the initial scores, so
+    # layers of different fan-in compare under one global threshold
+    rank: Rank = option(
+        Rank.absolute,
+        help="edgepopup, channel granularity: absolute (mean |s| of the channel's weights) or relevant "
+        "(sum |s| / sum |s_init|; with --no-rank-abs sum s / sum |s_init|).",
+        panel=PANEL_WHEN,
+    )
+    rank_abs: bool = option(True, help="With --rank relevant: sum |s| (default) or, with --no-rank-abs, sum s.", panel=PANEL_WHEN)
+    # 0.01: the paper's gamma for its CIFAR and ImageNet ResNets
+    sss_gamma: float = option(
+        0.01, help="sss: weight of the L1 penalty on the gates (soft-thresholded by proximal gradient).", panel=PANEL_WHEN, min=0.0, max=10.0
+    )
     # None: cpu for one-shot scoring (GPU kernels would change taylor's and hessian's choices
     # from one machine to the next); auto when training
     device: Optional[str] = option(None, help="auto, cpu, cuda or cuda:N (default: cpu when --epochs is 0, else auto).", panel=PANEL_RUN)
@@ -267,8 +320,12 @@ class PruneConfig(FinetuneConfig):
         super().validate()
         self.selection()  # rates, patterns and choices of the selection
         self._validate_training()
+        self._validate_learned()
         self._validate_sensitivity()
-        if self.rate is None and self.target_macs is None and not self.layer_rate and not self.layer_rates and self.from_sensitivity is None:
+        sss = LEARNED_METHODS.get(self.method) == "sss"  # the gates decide how much goes
+        if sss and (self.rate is not None or self.layer_rate or self.layer_rates):
+            raise OptionError("{method} sss removes what its gates drive to zero: drop {rate}/{layer_rate}/{layer_rates} (raise {sss_gamma} to remove more)")
+        if not sss and self.rate is None and self.target_macs is None and not self.layer_rate and not self.layer_rates and self.from_sensitivity is None:
             raise OptionError("say how much to prune: {rate} R, {target_macs} F, {layer_rate}/{layer_rates}, or {from_sensitivity}")
         if self.target_macs is not None:
             if self.rate is not None:
@@ -278,6 +335,46 @@ class PruneConfig(FinetuneConfig):
             raise OptionError("{compress} removes channels: it needs {granularity} channel")
         if self.mix_norm and self.scope is Scope.global_:
             raise OptionError("{mix_norm} selects within each layer: use {scope} layerwise")
+
+    def _validate_learned(self) -> None:
+        """The options of the learned-mask methods (edgepopup, sss) go with them, and they train."""
+        learned = LEARNED_METHODS.get(self.method)
+        if learned is None:
+            for name in ("warmup_epochs", "score_init", "rank", "rank_abs"):
+                if getattr(self, name) != type(self).spec(name).default:
+                    raise OptionError(f"{{{name}}} sets how edge-popup's scores train: it needs {{method}} edgepopup")
+            if self.sss_gamma != type(self).spec("sss_gamma").default:
+                raise OptionError("{sss_gamma} weighs Sparse Structure Selection's gate penalty: it needs {method} sss")
+            if self.granularity in (Granularity.block, Granularity.group):
+                raise OptionError(f"{{granularity}} {self.granularity.value}: only {{method}} sss gates whole blocks or groups")
+            return
+        if self.epochs == 0:
+            raise OptionError(f"{{method}} {self.method} learns its mask while training: give {{epochs}} N")
+        modes = [f for f, on in (("soft", self.soft), ("prune_schedule", self.prune_schedule is not None), ("rounds", self.rounds is not None)) if on]
+        if modes:
+            raise OptionError(f"{{method}} {self.method} learns its mask itself: drop {{{modes[0]}}}")
+        for name, given in (("target_macs", self.target_macs is not None), ("from_sensitivity", self.from_sensitivity is not None), ("teacher", getattr(self, "teacher", None))):
+            if given:
+                raise OptionError(f"{{{name}}} cannot be used with {{method}} {self.method}")
+        if learned == "edgepopup":
+            if self.granularity not in (Granularity.channel, Granularity.weight):
+                raise OptionError(f"{{granularity}} {self.granularity.value}: edgepopup scores weights (weight) or ranks channels by them (channel)")
+            if self.rank is Rank.relevant and self.granularity is not Granularity.channel:
+                raise OptionError("{rank} relevant ranks channels against their initial scores: it needs {granularity} channel (weights rank by |score|)")
+            if not self.rank_abs and self.rank is not Rank.relevant:
+                raise OptionError("{rank_abs} chooses between sum |s| and sum s of the relevant rank: it needs {rank} relevant")
+            if self.warmup_epochs >= self.epochs:
+                raise OptionError(f"{{warmup_epochs}} {self.warmup_epochs}: must be fewer than {{epochs}} {self.epochs} (pruning starts after it)")
+            if self.rate is None and not self.layer_rates and not self.layer_rate:
+                raise OptionError("{method} edgepopup keeps the top scores: give {rate} R (or {layer_rates})")
+            if self.sss_gamma != type(self).spec("sss_gamma").default:
+                raise OptionError("{sss_gamma} weighs Sparse Structure Selection's gate penalty: it needs {method} sss")
+        else:  # sss
+            for name in ("warmup_epochs", "score_init", "rank", "rank_abs"):
+                if getattr(self, name) != type(self).spec(name).default:
+                    raise OptionError(f"{{{name}}} sets how edge-popup's scores train: it needs {{method}} edgepopup")
+            if self.granularity is Granularity.weight:
+                raise OptionError("{granularity} weight: sss gates residual blocks, groups or channels (block, group, channel)")
 
     def _validate_sensitivity(self) -> None:
         if self.from_sensitivity is None:

@@ -32,6 +32,17 @@ class Schedule(str, enum.Enum):
     cosine = "cosine"
 
 
+class Init(str, enum.Enum):
+    """Weight initialisations of ``train --init`` (hidden-networks' and seed 000's set)."""
+
+    kaiming_normal = "kaiming-normal"  # He et al. 2015, fan_in, ReLU gain
+    kaiming_uniform = "kaiming-uniform"
+    xavier_normal = "xavier-normal"  # Glorot & Bengio 2010
+    xavier_uniform = "xavier-uniform"
+    signed_constant = "signed-constant"  # +-(ReLU gain / sqrt(fan_in)), random signs (Ramanujan et al.)
+    unsigned_constant = "unsigned-constant"  # +(ReLU gain / sqrt(fan_in))
+
+
 class Budget(str, enum.Enum):
     """How long a scratch run of a compressed architecture trains (Liu et al., arXiv:1810.05270)."""
 
@@ -63,7 +74,8 @@ class TrainingOptions(StageConfig):
         default_factory=list, help="Epochs of the multistep decays, e.g. 80,120 (default: 50% and 75% of the run).", panel=PANEL_OPT
     )
     gamma: float = option(0.1, help="Decay factor (step, multistep).", panel=PANEL_OPT, min=0.0, max=1000.0)
-    warmup_epochs: float = option(0.0, help="Linear warm-up length in epochs.", panel=PANEL_OPT, min=0.0, max=MAX_EPOCHS)
+    # --lr-warmup-epochs: prune's --warmup-epochs is the learned-score warm-up (epochs before any pruning)
+    lr_warmup_epochs: float = option(0.0, help="Linear learning-rate warm-up length in epochs.", panel=PANEL_OPT, min=0.0, max=MAX_EPOCHS)
     label_smoothing: float = option(0.0, help="Label smoothing.", panel=PANEL_OPT, min=0.0, max=1.0)
     shuffle_labels: bool = option(
         False, help="Train on randomly permuted labels (expressivity test), seeded.", panel=PANEL_OPT, negatable=False
@@ -122,6 +134,13 @@ class TrainConfig(TrainingOptions):
         None, help="Resize images to this size (default: the dataset's).", panel=PANEL_DATA, min=1, max=MAX_IMAGE_SIZE
     )
     num_classes: Optional[int] = option(None, help="Classes of the synthetic dataset.", panel=PANEL_DATA, min=2, max=MAX_CLASSES)
+    # None: the model's own initialisation (each zoo model documents its own)
+    init: Optional[Init] = option(
+        None,
+        help="Initialise every conv and linear weight (biases to 0): kaiming-normal, kaiming-uniform, xavier-normal, "
+        "xavier-uniform, signed-constant, unsigned-constant (hidden-networks' initialisations). Default: the model's own.",
+        panel=PANEL_MODEL,
+    )
     # None: the model's own initialisation (gamma = 1); Network Slimming starts from 0.5
     bn_init: Optional[float] = option(None, help="Initialise every BatchNorm scale to this value (Network Slimming: 0.5).", panel=PANEL_MODEL, min=0.0, max=10.0)
     # None: nothing kept. Lottery tickets rewind to the initialisation (0) or an early epoch

@@ -102,6 +102,9 @@ class Criterion:
     # scores a channel selection's unit (a BatchNorm and the next conv's inputs, no filters):
     # prune --stream-bn select inserts those units for it (prunecli.models.channel_selection)
     scores_selection: bool = False
+    # the algorithm that learns this method's mask while training (edgepopup, sss): the
+    # criterion has no scores of its own before that training; None for every other
+    learned: Optional[str] = None
 
     def __init__(self) -> None:
         pass
@@ -150,7 +153,7 @@ def scatter_to_unit(unit, values: list[torch.Tensor], producers) -> torch.Tensor
     return total / count.clamp(min=1)
 
 
-_MODULES = ("norm", "geomedian", "slimming", "taylor", "lamp", "hessian", "random", "magnitude", "thinet", "cp")
+_MODULES = ("norm", "geomedian", "slimming", "taylor", "lamp", "hessian", "random", "magnitude", "thinet", "cp", "edgepopup")
 
 
 def _import_criteria() -> None:

@@ -10,9 +10,13 @@ from prunecli.config.train import Optimizer, Schedule, TrainingOptions
 from prunecli.errors import OptionError
 
 
-def build_optimizer(cfg: TrainingOptions, model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: TrainingOptions, model: torch.nn.Module, params=None) -> torch.optim.Optimizer:
+    """The optimizer over ``params`` (default: the model's trainable parameters).
+
+    A learned-mask method passes its own (edge-popup's scores, with the weights frozen).
+    """
     # BatchNorm and bias parameters get weight decay too, as in the papers' reference code
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay
@@ -26,7 +30,7 @@ def build_optimizer(cfg: TrainingOptions, model: torch.nn.Module) -> torch.optim
 
 def lr_factor(cfg: TrainingOptions, step: int, steps_per_epoch: int) -> float:
     """Multiplier of the base lr at iteration ``step`` (0-based) of the run."""
-    warm = int(round(cfg.warmup_epochs * steps_per_epoch))
+    warm = int(round(cfg.lr_warmup_epochs * steps_per_epoch))
     if warm and step < warm:
         return (step + 1) / warm
     epoch = step // max(1, steps_per_epoch)  # step schedules change at epoch boundaries, as in the papers

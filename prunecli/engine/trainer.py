@@ -89,6 +89,15 @@ class Callback:
     def state_key(self) -> str:
         return self.key or type(self).__name__
 
+    def parameters(self, model: torch.nn.Module) -> Optional[list[torch.nn.Parameter]]:
+        """Parameters this callback trains in place of the model's (None: it adds none).
+
+        Asked once, before the optimizer is built: when any callback answers, the optimizer
+        trains the union of the answers only (edge-popup trains scores, the weights frozen;
+        SSS trains its gates beside the model's parameters and returns both).
+        """
+        return None
+
     def on_fit_start(self, state: "FitState") -> None: ...
 
     def on_epoch_start(self, state: "FitState") -> None: ...
@@ -169,6 +178,10 @@ class FitState:
     channels_last: bool = False  # the model and the batches are in channels_last memory format
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     masks_version: int = 0  # bumped by set_masks: what was measured before no longer compares
+    # the masks the epoch's checkpoint records when a callback keeps them apart from the
+    # enforced ones (learned masks: the frozen weights stay whole while the scores train,
+    # and the file holds the current selection); None: ``masks``
+    checkpoint_masks: Optional[dict[str, torch.Tensor]] = None
     epoch: int = 0  # epochs completed
     resumed: bool = False
     train_stats: Optional[EpochStats] = None  # of the epoch that just ended
@@ -280,7 +293,8 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        optimizer = build_optimizer(cfg, model)
+        trained = _trained_parameters(callbacks, model)  # None: the model's own
+        optimizer = build_optimizer(cfg, model, trained)
         # --steps-per-epoch cuts every epoch short (smoke runs); the schedule follows the steps taken
         steps = min(len(train_batches), cfg.steps_per_epoch) if cfg.steps_per_epoch else len(train_batches)
         scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
@@ -342,7 +356,7 @@ class Trainer:
                 if self.cycle and epoch > 0 and epoch % self.cycle == 0:
                     # a new cycle (round): fresh optimizer state and lr schedule; a resumed
                     # run restored them from the checkpoint when it starts mid-cycle
-                    state.optimizer = build_optimizer(cfg, model)
+                    state.optimizer = build_optimizer(cfg, model, trained)
                     state.scheduler = build_scheduler(cfg, state.optimizer, steps)
                 fire("on_epoch_start")
                 images = train_batches.num_samples * world if steps == len(train_batches) else steps * cfg.batch_size
@@ -410,6 +424,24 @@ class Trainer:
         for cb in state.callbacks:
             if cb.state_key() in stored:
                 cb.load_state_dict(stored[cb.state_key()])
+
+
+def _trained_parameters(callbacks: Sequence[Callback], model: torch.nn.Module) -> Optional[list[torch.nn.Parameter]]:
+    """The union of the callbacks' `Callback.parameters` answers, in order, or None when none answers."""
+    out: Optional[list[torch.nn.Parameter]] = None
+    seen: set[int] = set()
+    for cb in callbacks:
+        params = cb.parameters(model)
+        if params is None:
+            continue
+        out = out if out is not None else []
+        for p in params:
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    if out is not None and not out:
+        raise PruneCliError("nothing to train: the callbacks' parameters are empty")
+    return out
 
 
 def _loss_hook(callbacks: Sequence[Callback], state: FitState) -> Optional[Callable[..., torch.Tensor]]:

@@ -88,7 +88,7 @@ def smoke_options(stage: Stage, classes: dict[str, int]) -> dict[str, Any]:
     if trains:
         o.update({"epochs": min(int(stage.config().epochs), SMOKE_EPOCHS), "steps-per-epoch": 1, "batch-size": SMOKE_BATCH})
         o.update({"device": "cpu", "workers": 0, "amp": False, "channels-last": False, "eval-every": 1, "milestones": None})
-        o.pop("warmup-epochs", None)
+        o.pop("lr-warmup-epochs", None)
     if stage.command in ("finetune", "prune", "evaluate"):
         o.pop("dataset", None)
         o.pop("data", None)

@@ -62,6 +62,8 @@ def criterion_for(cfg: PruneConfig) -> Criterion:
         raise OptionError(f"{{method}} {e}") from None
     if "seed" in hyperparameters(cls):
         hparams["seed"] = cfg.seed
+    if "rank" in hyperparameters(cls):  # edge-popup's channel rank (seed 000's rank_method / whether_abs)
+        hparams.update(rank=cfg.rank.value, rank_abs=cfg.rank_abs)
     return get_criterion(cfg.method, **hparams)
 
 

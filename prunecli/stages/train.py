@@ -48,6 +48,8 @@ def train(cfg: TrainConfig, *, output: Path) -> Path:
     if cfg.arch_from is not None:  # Rethinking's Scratch-E/B: a checkpoint's compressed architecture, freshly initialised
         with _stage(cfg, Path(output)) as (dist, device):
             run = prepare_scratch(cfg, Path(output))
+            if cfg.init is not None:
+                init_weights(run.model, cfg.init.value)
             if cfg.bn_init is not None:
                 _init_batchnorm_scales(run.model, cfg.bn_init)
             return _fit("train", run.cfg, run.model, run.template, run.bundle, Path(output), dist=dist, device=device, options=run.options)
@@ -65,6 +67,8 @@ def train(cfg: TrainConfig, *, output: Path) -> Path:
             )
             torch.manual_seed(cfg.seed)  # model initialisation is part of the seeded run
             model = build_model(spec)
+            if cfg.init is not None:
+                init_weights(model, cfg.init.value)
             if cfg.bn_init is not None:
                 _init_batchnorm_scales(model, cfg.bn_init)
         except ValueError as e:
@@ -171,6 +175,48 @@ def _config_class(stage: str):
     return {"train": TrainConfig, "finetune": FinetuneConfig, "prune": PruneConfig}[stage]
 
 
+@torch.no_grad()
+def init_weights(model: torch.nn.Module, how: str) -> int:
+    """``train --init``: re-initialise every conv and linear weight (biases to 0); returns the layer count.
+
+    The initialisations of Ramanujan et al., "What's Hidden in a Randomly Weighted Neural
+    Network?", CVPR 2020, arXiv:1911.13299, which seed 000 uses: He (kaiming) normal or
+    uniform with fan_in and the ReLU gain; Glorot (xavier) normal or uniform; and the
+    signed constant +-gain/sqrt(fan_in) with random signs (unsigned: all positive), their
+    best for finding supermasks in random weights. Draws come from the global RNG, which
+    ``train`` seeds with --seed before building the model.
+    """
+    from prunecli.models.layers import prunable_layers
+
+    gain = torch.nn.init.calculate_gain("relu")
+    layers = [m for _, m in prunable_layers(model)]
+    for m in layers:
+        w = m.weight
+        if how == "kaiming-normal":
+            torch.nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu")
+        elif how == "kaiming-uniform":
+            torch.nn.init.kaiming_uniform_(w, mode="fan_in", nonlinearity="relu")
+        elif how == "xavier-normal":
+            torch.nn.init.xavier_normal_(w)
+        elif how == "xavier-uniform":
+            torch.nn.init.xavier_uniform_(w)
+        elif how in ("signed-constant", "unsigned-constant"):
+            fan_in = torch.nn.init._calculate_correct_fan(w, "fan_in")
+            std = gain / fan_in**0.5
+            if how == "signed-constant":
+                torch.nn.init.kaiming_normal_(w, mode="fan_in", nonlinearity="relu")  # only its signs are kept
+                w.copy_(torch.where(w >= 0, std, -std))
+            else:
+                w.fill_(std)
+        else:
+            raise OptionError(f"{{init}} {how!r}: unknown")
+        if getattr(m, "bias", None) is not None:
+            m.bias.zero_()
+    if not layers:
+        raise OptionError(f"{{init}} {how}: {type(model).__name__} has no conv or linear layers")
+    return len(layers)
+
+
 def _init_batchnorm_scales(model: torch.nn.Module, value: float) -> None:
     """Network Slimming initialises every BatchNorm scale to 0.5 (the reference's --s setting)."""
     scales = batchnorm_scales(model)
@@ -223,8 +269,12 @@ def _fit(
     extra_callbacks: Sequence[Callback] = (),
     epochs: Optional[int] = None,
     cycle_epochs: Optional[int] = None,
+    masks: Optional[dict[str, torch.Tensor]] = None,
 ) -> Path:
     """Run the Trainer with the stage's callbacks; write the checkpoint every epoch.
+
+    ``masks``: what the Trainer enforces, when not the template's (a learned-mask stage
+    enforces the parent's while its file records the current selection).
 
     ``extra_callbacks`` (a training-time pruning algorithm's) run after the stage's own;
     ``epochs`` and ``cycle_epochs`` go to the Trainer (iterative pruning's rounds).
@@ -239,7 +289,8 @@ def _fit(
         if ev is not None:
             metrics.update(top1=ev.top1, top5=ev.top5, loss=ev.loss, dataset=template.dataset.name if template.dataset else None)
         resume = {"stage": stage, "config": cfg.to_dict(), "options": options, **state.resume_state()} if resumable else None
-        return replace(template, state_dict=state.model.state_dict(), masks=dict(state.masks), metrics=metrics, resume=resume)
+        masks = state.checkpoint_masks if state.checkpoint_masks is not None else state.masks
+        return replace(template, state_dict=state.model.state_dict(), masks=dict(masks), metrics=metrics, resume=resume)
 
     def save(state: FitState) -> None:
         save_checkpoint(snapshot(state), output)
@@ -273,7 +324,7 @@ def _fit(
             model,
             bundle,
             callbacks,
-            masks=template.masks,
+            masks=template.masks if masks is None else masks,
             save=save,
             resume=resume_state,
             label=f"[bold]{stage}[/bold] {markup_safe(template.model.name)}",

@@ -19,16 +19,21 @@ from prunecli.algorithms import get_algorithm
 from prunecli.algorithms.one_shot import OneShotCallback
 from prunecli.checkpoint import Checkpoint, derive, load_checkpoint
 from prunecli.config import PruneConfig
+from prunecli.config.prune import LEARNED_METHODS
 from prunecli.errors import OptionError, PruneCliError
 from prunecli.stages import train as training
 from prunecli.stages.checkpoints import data_for_checkpoint, rebuild_model
-from prunecli.stages.prune import calibration_batches, check_something_selected, criterion_for, prune_record, pruner_for, stream_bn, with_channel_selection
+from prunecli._console import log
+from prunecli.stages.prune import calibration_batches, check_something_selected, count_rule, criterion_for, prune_record, pruner_for, stream_bn, with_channel_selection
 from prunecli.surgery.masks import apply_masks
 from prunecli.surgery.pruner import Pruner
 
 
 def algorithm_name(cfg: PruneConfig) -> str:
     """Which registered algorithm the options ask for (prunecli.algorithms)."""
+    learned = LEARNED_METHODS.get(cfg.method)
+    if learned is not None:  # the method learns its own mask (edge-popup scores, SSS gates)
+        return learned
     if cfg.soft:
         return "soft"
     if cfg.prune_schedule is not None:
@@ -67,7 +72,8 @@ def prune_while_training(source: Path, cfg: PruneConfig, *, output: Path) -> Pat
         extra = dict(parent.extra)
         extra["prune"] = {**prune_record(cfg, criterion, algorithm.name, cfg.rate), "epochs": cfg.total_epochs()}
         template = derive(parent, "prune", cfg.to_options(), dataset=bundle.spec, state_dict={}, extra=extra)
-        _check_selects_something(cfg, criterion, parent, model)
+        if algorithm.name not in LEARNED_METHODS.values():  # a learned mask has nothing to select before training
+            _check_selects_something(cfg, criterion, parent, model)
         fit = training_callbacks(cfg, template, device, model, source=parent)
         return training._fit("prune", cfg, model, template, bundle, output, dist=dist, device=device, **fit)
 
@@ -112,6 +118,8 @@ def training_callbacks(cfg: PruneConfig, ckpt: Checkpoint, device: torch.device,
     def make_pruner(model: torch.nn.Module) -> Pruner:
         return pruner_for(cfg, criterion, model, spec, device, calibration)
 
+    if algorithm.name == "edgepopup":
+        return edgepopup_callbacks(cfg, criterion, ckpt, model, spec, fresh=source is not None)
     if algorithm.name == "soft":
         cb = algorithm.callback(make_pruner, every=cfg.reselect_every, mask_grads=cfg.mask_grads, grouping=cfg.grouping.value, hard_epochs=cfg.hard_epochs)
         return {"extra_callbacks": [cb]}
@@ -124,6 +132,41 @@ def training_callbacks(cfg: PruneConfig, ckpt: Checkpoint, device: torch.device,
         return {"extra_callbacks": [cb], "epochs": cfg.total_epochs(), "cycle_epochs": cfg.epochs}
     return {"extra_callbacks": [OneShotCallback(make_pruner, target_macs=cfg.target_macs)]}
 
+
+
+def edgepopup_callbacks(cfg: PruneConfig, criterion, ckpt: Checkpoint, model: torch.nn.Module, spec, *, fresh: bool) -> dict[str, Any]:
+    """The score stage's callback, and the masks the Trainer enforces: the parent's only.
+
+    A resumed run's file records the current selection as its masks; enforcing those would
+    zero frozen weights that a later selection may bring back, so the parent's masks (kept
+    in the callback's resume state) are what is enforced, as in the uninterrupted run.
+    """
+    from prunecli.algorithms.edgepopup import EdgePopupCallback
+    from prunecli.models import example_input
+
+    if fresh:
+        base = dict(ckpt.masks)
+    else:
+        stored = ((ckpt.resume or {}).get("callbacks") or {}).get(EdgePopupCallback.key) or {}
+        base = stored.get("base") if isinstance(stored.get("base"), dict) else None
+        if base is None:
+            raise PruneCliError(f"{ckpt.path}: its edge-popup resume state is missing: start the score stage again")
+    cb = EdgePopupCallback(
+        model,
+        criterion,
+        cfg.selection(count_rule(cfg, criterion)),
+        granularity=cfg.granularity.value,
+        example=example_input(spec),
+        name=spec.name,
+        score_init=cfg.score_init.value,
+        warmup_epochs=cfg.warmup_epochs,
+        seed=cfg.seed,
+        store=ckpt.extra,
+        base=base,
+    )
+    for note in cb.notes:
+        log(note)
+    return {"extra_callbacks": [cb], "masks": base}
 
 
 def _check_selects_something(cfg: PruneConfig, criterion, parent: Checkpoint, model: torch.nn.Module) -> None:
