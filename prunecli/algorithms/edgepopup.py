@@ -118,6 +118,15 @@ class EdgePopupCallback(Callback):
         self.store = store  # the run's checkpoint extra (its template's): the scores are written there
         self.base = {k: v.detach().cpu().clone() for k, v in base.items()}  # the parent's masks, enforced as ever
         self.model = model
+        self.settings = {
+            "granularity": granularity,
+            "scope": selection.scope,
+            "rate": selection.rate,
+            "rank": getattr(criterion, "rank", "absolute"),
+            "rank_abs": getattr(criterion, "rank_abs", True),
+            "score_init": score_init,
+            "warmup_epochs": int(warmup_epochs),
+        }
         # noabs ranks channels by the signed sum of their scores: the gradient goes to s itself
         self.signed = getattr(criterion, "rank", "absolute") == "relevant" and not getattr(criterion, "rank_abs", True)
         self.pruner = Pruner(model, criterion, selection, example_input=example, granularity=granularity, name=name)
@@ -401,7 +410,7 @@ class EdgePopupCallback(Callback):
             "scores": {n: p.detach().cpu().clone() for n, p in self.scores.items()},
             "initial": {n: t.clone() for n, t in self.initial.items()},
         }
-        record = dict(self.store.get(RECORD_KEY) or {})
+        record = dict(self.settings)
         record.update(epoch=state.epoch, pruning=self.pruning, threshold=self.threshold, layers=self.kept_fractions())
         self.store[RECORD_KEY] = record
 

@@ -90,8 +90,31 @@ def _print_info(s: dict, table, show_layers: bool) -> None:
             str(e.get("parent_sha256") or "-")[:12],
         )
     con.print(lin)
+    if s.get("learned_mask"):
+        con.print(_learned_mask_table(s["learned_mask"]))
     if show_layers:
         con.print(layer_widths_table("layers", ["width"], [table]))
+
+
+def _learned_mask_table(lm: dict):
+    """Edge-popup's mask per scored layer: what fraction of its filters or weights it keeps."""
+    from rich.table import Table
+
+    rank = lm.get("rank") or "absolute"
+    if rank == "relevant":
+        rank += " (abs)" if lm.get("rank_abs", True) else " (noabs)"
+    how = f"{lm.get('granularity')}, {lm.get('scope')}" + (f", rank {rank}" if lm.get("granularity") == "channel" else "")
+    state = "" if lm.get("pruning", True) else ", still in warm-up: nothing masked yet"
+    stored = "; scores and initial scores stored in this file" if lm.get("scores_stored") else ""
+    t = Table(
+        title=f"edge-popup mask ({how}; epoch {lm.get('epoch')}{state}{stored})", title_justify="left", show_edge=False, pad_edge=False
+    )
+    for col in ("layer", "kept", "of"):
+        t.add_column(col, justify="left" if col == "layer" else "right")
+    for r in lm.get("layers") or []:
+        kept = r.get("kept")
+        t.add_row(str(r.get("layer")), f"{kept * 100:.1f}%" if isinstance(kept, (int, float)) else "?", f"{r.get('of')} {r.get('unit', '')}")
+    return t
 
 
 def _safe(value):

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from typing import Optional
 
 from prunecli.config._base import MAX_BATCH, PANEL_DATA, PANEL_OUT, PANEL_RUN, StageConfig, allow_nonfinite_option, option
+
+
+class Split(str, enum.Enum):
+    test = "test"
+    train = "train"  # the memorisation test of shuffled labels reports training accuracy
 
 
 @dataclass(kw_only=True)
@@ -17,6 +23,13 @@ class EvaluateConfig(StageConfig):
     dataset: Optional[str] = option(None, help="Dataset name (default: each checkpoint's).", panel=PANEL_DATA)
     data: Optional[str] = option(None, help="Dataset root folder (default: the one each checkpoint records).", panel=PANEL_DATA, path=True)
     download: bool = option(False, help="Download CIFAR/MNIST into --data when online.", panel=PANEL_DATA, negatable=False)
+    # test: generalisation. train: how well the network fits what it was trained on (with the
+    # shuffled labels a checkpoint was trained on, when it was: Zhang et al.'s expressivity test)
+    split: Split = option(
+        Split.test,
+        help="test, or train: the training split without augmentation, with the shuffled labels the checkpoint was trained on (--shuffle-labels).",
+        panel=PANEL_DATA,
+    )
     batch_size: int = option(64, help="Batch size (also of the latency measurement).", panel=PANEL_RUN, flags=("-b",), min=1, max=MAX_BATCH)
     device: str = option("auto", help="auto, cpu, cuda or cuda:N.", panel=PANEL_RUN)
     workers: int = option(4, help="DataLoader workers for image-folder datasets.", panel=PANEL_RUN, min=0)

@@ -308,8 +308,9 @@ class PruneConfig(FinetuneConfig):
     dataset: Optional[str] = option(None, help="Dataset for calibration and training (default: the checkpoint's).", panel=PANEL_DATA)
     # 8 batches of 64: enough for stable Taylor / Fisher rankings on CIFAR-sized nets
     calib_batches: int = option(8, help="Calibration batches for data-driven criteria (taylor, hessian).", panel=PANEL_DATA, min=1)
-    # pruning a trained model: the fine-tuning lr, not the from-scratch 0.1
-    lr: float = option(0.01, help="Base learning rate (when training).", panel=PANEL_OPT, min=0.0, max=1000.0)
+    # None: 0.01 when pruning a trained model (the fine-tuning lr, not the from-scratch 0.1);
+    # 0.1 for edge-popup's scores (hidden-networks and seed 000 train them at 0.1)
+    lr: Optional[float] = option(None, help="Base learning rate when training (default: 0.01; 0.1 for edgepopup's scores).", panel=PANEL_OPT, min=0.0, max=1000.0)
 
     def validate(self) -> None:
         training = self.epochs > 0
@@ -317,6 +318,8 @@ class PruneConfig(FinetuneConfig):
             self.device = "auto" if training else "cpu"
         if self.batch_size is None:
             self.batch_size = 128 if training else 64
+        if self.lr is None:
+            self.lr = 0.1 if LEARNED_METHODS.get(self.method) == "edgepopup" else 0.01
         super().validate()
         self.selection()  # rates, patterns and choices of the selection
         self._validate_training()

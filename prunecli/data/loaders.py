@@ -251,11 +251,15 @@ def make_batches(
     workers: int = 4,
     channels_last: bool = False,
     labels_shuffled: bool = False,
+    label_seed: Optional[int] = None,
 ):
-    """Batches of ``bundle.train`` or ``bundle.test``; ``train`` turns on shuffling and augmentation."""
+    """Batches of ``bundle.train`` or ``bundle.test``; ``train`` turns on shuffling and augmentation.
+
+    ``labels_shuffled``: the labels permuted by ``label_seed`` (default ``seed``).
+    """
     data = bundle.train if split == "train" else bundle.test
     if labels_shuffled:
-        data = shuffle_labels(data, seed)
+        data = shuffle_labels(data, seed if label_seed is None else label_seed)
     if isinstance(data, TensorSplit):
         return TensorBatches(
             data,

@@ -259,13 +259,15 @@ class Trainer:
         save: Optional[Callable[[FitState], None]] = None,
         resume: Optional[dict[str, Any]] = None,
         label: str = "train",
+        label_seed: Optional[int] = None,
     ) -> FitState:
         """Train ``model`` in place; returns the final state.
 
         ``masks`` (and any a callback sets later) are enforced after every step: an
         `EnforceMasks` callback is added unless one is given. ``save(state)`` runs on rank 0 after every epoch (and once when
         there is nothing to train). ``resume`` is a `FitState.resume_state` from a saved
-        run; the model must already hold that run's weights.
+        run; the model must already hold that run's weights. ``label_seed``: the
+        permutation of ``--shuffle-labels`` (default ``cfg.seed``).
         """
         cfg, device, dist, epochs = self.cfg, self.device, self.dist, self.epochs
         world = dist.world_size
@@ -285,7 +287,7 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         common = dict(device=device, seed=cfg.seed, rank=dist.rank, world_size=world, workers=cfg.workers, channels_last=channels_last)
         train_batches = make_batches(
-            data, "train", batch_size=cfg.batch_size // world, train=True, labels_shuffled=cfg.shuffle_labels, **common
+            data, "train", batch_size=cfg.batch_size // world, train=True, labels_shuffled=cfg.shuffle_labels, label_seed=label_seed, **common
         )
         test_batches = make_batches(data, "test", batch_size=cfg.batch_size // world, train=False, **common)
         net = model

@@ -71,11 +71,21 @@ def architecture_rows(recipe: Recipe) -> list[ArchitectureRow]:
     from prunecli.stages.compress import compress_checkpoint
     from prunecli.stages.prune import prune_checkpoint
 
+    from prunecli.config.prune import LEARNED_METHODS
+
     rows: list[ArchitectureRow] = []
     with tempfile.TemporaryDirectory(prefix="prunecli-check-") as tmp:
         paths: dict[str, Path] = {}
+        learned: set[str] = set()  # stages whose masks a training run learns (edge-popup, SSS), and those after them
         for stage in recipe.stages:
             out = Path(tmp) / f"{stage.name}.pt"
+            if stage.inputs and stage.inputs[0] in learned or (stage.command == "prune" and stage.options.get("method") in LEARNED_METHODS):
+                # what a learned mask removes is decided by training: no architecture-only row
+                log(f"[bold]{stage.name}[/bold]: {stage.command} (skipped: its widths are learned while training)")
+                if stage.inputs:
+                    paths[stage.name] = paths[stage.inputs[0]]
+                learned.add(stage.name)
+                continue
             log(f"[bold]{stage.name}[/bold]: {stage.command} (random weights)")
             if stage.command == "train" and stage.inputs:
                 paths[stage.name] = paths[stage.inputs[0]]  # a scratch baseline trains its input's architecture

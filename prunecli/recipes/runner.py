@@ -100,6 +100,8 @@ def smoke_options(stage: Stage, classes: dict[str, int]) -> dict[str, Any]:
         if cfg.prune_epochs:
             o["prune-epochs"] = min(cfg.prune_epochs, o["epochs"])
         o["reselect-every"] = 1
+        if cfg.warmup_epochs:  # edge-popup's warm-up: one smoke epoch dense, the next one pruned
+            o["warmup-epochs"] = min(cfg.warmup_epochs, o["epochs"] - 1)
     if stage.command in ("compress", "evaluate"):
         o.update({"latency": False, "device": "cpu"})
     if stage.command == "compress" and stage.config().block_by_block:  # one short epoch per block, on the smoke data

@@ -138,3 +138,19 @@ def write_config(path: Path, command: str, options: dict) -> None:
     body = yaml.safe_dump(to_plain({k: v for k, v in options.items() if k not in _ONE_OFF}), sort_keys=False)
     text = f"# resolved options of `prunecli {command}`; reuse with --config\n{body}"
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+SHUFFLED_LABELS = "shuffled_labels"  # extra: {"seed": S}, the label permutation the weights were trained on
+
+
+def shuffled_label_seed(ckpt: Checkpoint) -> Optional[int]:
+    """The seed of the label permutation ``ckpt``'s weights were last trained on (None: true labels).
+
+    ``--shuffle-labels`` draws one permutation at the first stage that uses it and records
+    its seed; later stages of the lineage that shuffle reuse it, so pretraining, the score
+    stage and fine-tuning all see the same labels (seed 000 meant to; it never shuffled).
+    """
+    record = ckpt.extra.get(SHUFFLED_LABELS)
+    if isinstance(record, dict) and isinstance(record.get("seed"), int) and not isinstance(record.get("seed"), bool):
+        return int(record["seed"])
+    return None

@@ -108,6 +108,12 @@ def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport
     out = derive_compressed(ckpt, "compress", cfg.to_options(), model, removal.history, removal.kept, metrics=metrics, extra=extra)
     save_checkpoint(out, output)
     left = sum(int((~m).sum()) for m in out.masks.values())
+    pruned_as = (ckpt.extra.get("prune") or {}).get("granularity") if isinstance(ckpt.extra.get("prune"), dict) else None
+    if pruned_as == "weight":
+        notes.append(
+            f"{source} was pruned at --granularity weight ({(ckpt.extra['prune'] or {}).get('method')}): weight-level masks keep "
+            "every layer's shape, so only channels that ended up entirely zero were removed"
+        )
     if left:
         notes.append(f"{left:,} masked weights stay as zeros inside the smaller layers (weight-level sparsity gives no speed-up here)")
     return CompressReport(

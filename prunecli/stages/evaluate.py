@@ -14,7 +14,7 @@ from prunecli.engine.loop import evaluate
 from prunecli.metrics.complexity import count_complexity
 from prunecli.metrics.latency import measure_latencies
 from prunecli.metrics.layers import LayerInfo, layer_table
-from prunecli.stages.checkpoints import data_for_checkpoint, rebuild_model
+from prunecli.stages.checkpoints import data_for_checkpoint, rebuild_model, shuffled_label_seed
 
 
 @dataclass
@@ -66,7 +66,12 @@ def evaluate_checkpoints(paths: list[Path], cfg: Optional[EvaluateConfig] = None
     for ckpt in loaded:
         model = rebuild_model(ckpt, allow_nonfinite=cfg.allow_nonfinite).to(dev)
         bundle = data_for_checkpoint(ckpt, dataset=cfg.dataset, data=cfg.data, download=cfg.download)
-        batches = make_batches(bundle, "test", batch_size=cfg.batch_size, device=dev, train=False, workers=cfg.workers)
+        split = cfg.split.value
+        label_seed = shuffled_label_seed(ckpt) if split == "train" else None
+        batches = make_batches(
+            bundle, split, batch_size=cfg.batch_size, device=dev, train=False, workers=cfg.workers,
+            labels_shuffled=label_seed is not None, seed=label_seed or 0,
+        )
         result = evaluate(model, batches, device=dev)
         shape = (ckpt.model.in_channels, ckpt.model.image_size, ckpt.model.image_size)
         cx = count_complexity(model, shape)
@@ -76,7 +81,7 @@ def evaluate_checkpoints(paths: list[Path], cfg: Optional[EvaluateConfig] = None
                 checkpoint=str(ckpt.path),
                 stage=ckpt.stage,
                 model=ckpt.model.name,
-                dataset=bundle.spec.name,
+                dataset=bundle.spec.name if split == "test" else f"{bundle.spec.name} train" + (" (shuffled labels)" if label_seed is not None else ""),
                 top1=result.top1,
                 top5=result.top5,
                 loss=result.loss,

@@ -37,8 +37,24 @@ def checkpoint_summary(path: Path) -> tuple[dict[str, Any], list[LayerInfo]]:
         "extra_keys": sorted(ckpt.extra),
         "rewind_epoch": _rewind_epoch(ckpt.extra),
         "nonfinite_tensors": nonfinite,
+        "learned_mask": _learned_mask(ckpt.extra),
     }
     return to_plain(summary), layer_table(model, ckpt.masks)
+
+
+def _learned_mask(extra: dict) -> Any:
+    """Edge-popup's record (settings, and each scored layer's kept fraction at the last save), or None.
+
+    The seed's ``--print_more``: how much of every layer the learned mask keeps.
+    """
+    record = extra.get("edgepopup")
+    if not isinstance(record, dict):
+        return None
+    layers = [r for r in record.get("layers") or [] if isinstance(r, dict)]
+    out = {k: record.get(k) for k in ("granularity", "scope", "rate", "rank", "rank_abs", "score_init", "warmup_epochs", "epoch", "pruning")}
+    out["layers"] = layers
+    out["scores_stored"] = "edgepopup_scores" in extra
+    return out
 
 
 def _rewind_epoch(extra: dict) -> Any:

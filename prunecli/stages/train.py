@@ -34,7 +34,7 @@ from prunecli.models import ModelSpec, build_model, is_user_model
 from prunecli.models._registry import user_code_sha256
 from prunecli.models.build import ModelTooLarge
 from prunecli.outputs import claim_output
-from prunecli.stages.checkpoints import check_data_fits_model, data_for_checkpoint, rebuild_model, side_paths, write_config
+from prunecli.stages.checkpoints import SHUFFLED_LABELS, check_data_fits_model, data_for_checkpoint, rebuild_model, shuffled_label_seed, side_paths, write_config
 from prunecli.stages.scratch import prepare_scratch
 from prunecli.stages.teacher import distillation
 
@@ -169,6 +169,24 @@ def resume(
 
 
 RESUMABLE = ("train", "finetune", "prune")
+
+
+def _label_permutation(cfg: StageCfg, template: Checkpoint) -> Optional[int]:
+    """The seed of ``--shuffle-labels``' permutation, recorded in the run's checkpoint.
+
+    The first shuffled stage of a lineage draws it from ``--seed``; the stages after it
+    reuse that permutation (pretraining, pruning and fine-tuning then see the same
+    labels), and ``evaluate --split train`` reads it back. Training on the true labels
+    drops the record.
+    """
+    if not cfg.shuffle_labels:
+        template.extra.pop(SHUFFLED_LABELS, None)
+        return None
+    seed = shuffled_label_seed(template)
+    if seed is None:
+        seed = int(cfg.seed)
+        template.extra[SHUFFLED_LABELS] = {"seed": seed}
+    return seed
 
 
 def _config_class(stage: str):
@@ -319,6 +337,7 @@ def _fit(
             callbacks.append(hook)
     total = cfg.epochs if epochs is None else epochs
     start = int(resume_state["epoch"]) if resume_state else 0
+    label_seed = _label_permutation(cfg, template)
     try:
         state = Trainer(cfg, device=device, dist=dist, epochs=total, cycle_epochs=cycle_epochs).fit(
             model,
@@ -328,6 +347,7 @@ def _fit(
             save=save,
             resume=resume_state,
             label=f"[bold]{stage}[/bold] {markup_safe(template.model.name)}",
+            label_seed=label_seed,
         )
     except TrainingDiverged as e:
         kept = "nothing written" if e.saved_epoch is None else f"{output} keeps epoch {e.saved_epoch}"
