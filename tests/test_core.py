@@ -21,7 +21,7 @@ from prunecli.surgery.equivalence import outputs, probe_batch
 
 SMALL = {"resnext29": dict(cardinality=2, base_width=4), "mobilenetv2": dict(width_mult=0.5)}
 NO_BATCHNORM = ("conv2", "conv4", "conv6", "conv8", "lenet300_100")
-CHANNEL_CRITERIA = [c for c in list_criteria() if c != "magnitude" and not getattr(criterion_class(c), "reconstructs", False)]  # thinet, cp: tests/test_reconstruction.py
+CHANNEL_CRITERIA = [c for c in list_criteria() if c != "magnitude" and not getattr(criterion_class(c), "reconstructs", False) and not criterion_class(c).learned]  # thinet, cp: tests/test_reconstruction.py
 
 
 def _spec(model: str) -> ModelSpec:

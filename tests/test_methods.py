@@ -20,7 +20,7 @@ from prunecli.errors import PruneCliError
 from prunecli.criteria import get_criterion, list_criteria, criterion_description
 from prunecli.surgery.units import build_graph, units
 
-ALL = ["cp", "geomedian", "hessian", "l1", "l2", "lamp", "magnitude", "random", "slimming", "taylor", "thinet"]
+ALL = ["cp", "edgepopup", "geomedian", "hessian", "l1", "l2", "lamp", "magnitude", "random", "slimming", "taylor", "thinet"]
 
 
 def traced_units(model: nn.Module, example: torch.Tensor) -> dict:
@@ -67,7 +67,7 @@ def test_every_method_is_listed_and_cites_its_paper():
         assert re.search(r"arXiv:\d{4}\.\d{4,5}|NIPS \d{4}|ICLR \d{4}|CVPR \d{4}", line), (name, line)
         method = get_criterion(name)
         assert method.name == name
-        assert method.granularities and set(method.granularities) <= {"channel", "weight"}
+        assert method.granularities and set(method.granularities) <= {"channel", "weight", "block", "group"}
         assert method.global_normalizer in ("mean", "lamp", None)
     assert [n for n in ALL if get_criterion(n).needs_data] == ["cp", "hessian", "taylor", "thinet"]
 
@@ -357,8 +357,8 @@ def test_every_channel_method_scores_every_unit_of_resnet20():
     data = [(torch.randn(2, 3, 32, 32), torch.tensor([1, 7]))]
     for name in list_criteria():
         method = get_criterion(name, mix_norm=0.5) if name == "geomedian" else get_criterion(name)
-        if "channel" not in method.granularities or getattr(method, "reconstructs", False):
-            continue  # thinet and cp choose while reconstructing: tests/test_reconstruction.py
+        if "channel" not in method.granularities or getattr(method, "reconstructs", False) or method.learned:
+            continue  # thinet and cp choose while reconstructing: tests/test_reconstruction.py; learned masks: tests/test_edgepopup.py
         method.prepare(model, us, data)
         for u in us:
             s = method.channel_scores(u)

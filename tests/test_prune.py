@@ -90,7 +90,7 @@ SMALL = {  # small variants keep the matrix fast; the architecture families are 
     "resnext29": dict(cardinality=2, base_width=4),
     "mobilenetv2": dict(width_mult=0.5),
 }
-CHANNEL_METHODS = [m for m in list_criteria() if m != "magnitude" and not getattr(criterion_class(m), "reconstructs", False)]  # thinet, cp: tests/test_reconstruction.py
+CHANNEL_METHODS = [m for m in list_criteria() if m != "magnitude" and not getattr(criterion_class(m), "reconstructs", False) and not criterion_class(m).learned]  # thinet, cp: tests/test_reconstruction.py
 
 
 def _size(model: str) -> int:

@@ -127,6 +127,8 @@ def _criterion(cfg: CompressConfig) -> Optional[Criterion]:
         cls = criterion_class(cfg.method)
     except PruneCliError as e:
         raise OptionError(f"{{method}} {e}") from None
+    if cls.learned:
+        raise OptionError(f"{{method}} {cfg.method} learns its mask while training: run prune --method {cfg.method} --epochs N, then compress")
     if "channel" not in cls.granularities:
         raise OptionError(f"{{method}} {cfg.method} scores single weights: block-by-block compression removes channels")
     hparams = {"seed": cfg.seed} if "seed" in hyperparameters(cls) else {}

@@ -102,6 +102,10 @@ def sweep_checkpoint(source: Path, cfg: SensitivityConfig, *, output: Path) -> S
     """Sweep ``source`` as ``cfg`` says; write the three files into the folder ``output`` (rank 0)."""
     from prunecli.stages.prune import criterion_for, stream_bn
 
+    from prunecli.config.prune import LEARNED_METHODS
+
+    if cfg.method in LEARNED_METHODS:
+        raise OptionError(f"{{method}} {cfg.method} learns its mask while training (prune --epochs N): the sweep prunes once per rate; use a criterion such as l1")
     pcfg = prune_config(cfg)
     criterion = criterion_for(pcfg)
     stream_bn(pcfg, criterion)  # a --stream-bn the method cannot use fails before anything is claimed
