@@ -402,16 +402,18 @@ def test_list_methods(cli):
     r = cli("list", "methods", "--json")
     names = {d["name"] for d in json.loads(r.stdout)}
     scoring = {"l1", "l2", "geomedian", "slimming", "taylor", "lamp", "hessian", "random", "magnitude"}
-    assert names == scoring | {"thinet", "cp"}
+    learned = {"edgepopup"}  # learn their own mask while training, each with its own algorithm
+    assert names == scoring | {"thinet", "cp"} | learned
     takes = {d["name"]: d["algorithms"] for d in json.loads(r.stdout)}  # which algorithms take each
     assert takes["magnitude"] == ["gradual", "iterative", "one-shot"]  # soft re-selects filters: not single weights
     assert takes["thinet"] == takes["cp"] == ["reconstruction"]  # they refit the next layer while choosing
+    assert all(takes[n] == [n] for n in learned)
     assert all(a == ["gradual", "iterative", "one-shot", "soft"] for n, a in takes.items() if n in scoring - {"magnitude"})
     algorithms = json.loads(cli("list", "algorithms", "--json").stdout)
-    assert [a["name"] for a in algorithms] == ["gradual", "iterative", "one-shot", "reconstruction", "soft"]
+    assert [a["name"] for a in algorithms] == sorted(["gradual", "iterative", "one-shot", "reconstruction", "soft", *learned])
     by_name = {a["name"]: a for a in algorithms}
     assert set(by_name["one-shot"]["criteria"]) == scoring and "magnitude" not in by_name["soft"]["criteria"]
-    assert [a["name"] for a in algorithms if a["while_training"]] == ["gradual", "iterative", "soft"]
+    assert [a["name"] for a in algorithms if a["while_training"]] == sorted(["gradual", "iterative", "soft", *learned])
     table = cli("list", "methods").stdout
     assert "criteria" in table and "algorithms" in table and "one-shot" in table
 
