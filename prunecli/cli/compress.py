@@ -121,6 +121,12 @@ def _print_report(r) -> None:
         row(f"latency ms (batch {r.latency_batch_size})", r.latency_ms_before, r.latency_ms_after, lambda v: f"{v:.2f}")
     con.print(table)
     speed = f"; measured speed-up {r.latency_ms_before / r.latency_ms_after:.2f}x" if r.latency_ms_before else ""
+    if r.latency:
+        b, a = r.latency["before"], r.latency["after"]
+        con.print(
+            f"latency, interleaved medians of {b['runs']} runs ({r.latency['conditions']}): before {b['median_ms']:.2f} ms "
+            f"(IQR {b['q1_ms']:.2f}-{b['q3_ms']:.2f}), after {a['median_ms']:.2f} ms (IQR {a['q1_ms']:.2f}-{a['q3_ms']:.2f})"
+        )
     con.print(
         f"{len(r.removed)} layer groups shrunk; MACs reduced {r.macs_before / max(1, r.macs_after):.2f}x{speed}; "
         f"max |masked - compressed| on the probe batch: {r.max_abs_diff:.2e}"

@@ -79,6 +79,10 @@ class CompressConfig(StageConfig):
     device: Optional[str] = option(None, help="auto, cpu, cuda or cuda:N: where latency is measured (block by block: trains; default auto).", panel=PANEL_RUN)
     latency: bool = option(True, help="Measure latency before and after.", panel=PANEL_RUN)
     repeats: int = option(10, help="Timed batches per model.", panel=PANEL_RUN, min=1)
+    # None: PyTorch's own (all cores); 1 gives steady numbers on a shared machine
+    threads: Optional[int] = option(
+        None, help="PyTorch threads while timing latency (default: PyTorch's, all cores; 1 is steadier on a shared machine).", panel=PANEL_RUN, min=1, max=1024
+    )
     json: bool = option(False, help="Print one JSON object on stdout instead of tables.", panel=PANEL_OUT, negatable=False)
     output: Optional[str] = option(
         None, help="Checkpoint to write (its path is the only thing printed on stdout).", panel=PANEL_OUT, flags=("-o",), path=True

@@ -36,6 +36,10 @@ class EvaluateConfig(StageConfig):
     latency: bool = option(True, help="Measure latency (median of timed batches).", panel=PANEL_RUN)
     # 15 interleaved batches: a stable median on a shared CPU within a few seconds
     repeats: int = option(15, help="Timed batches per model for latency.", panel=PANEL_RUN, min=1)
+    # None: PyTorch's own (all cores); 1 gives steady numbers on a shared machine
+    threads: Optional[int] = option(
+        None, help="PyTorch threads while timing latency (default: PyTorch's, all cores; 1 is steadier on a shared machine).", panel=PANEL_RUN, min=1, max=1024
+    )
     layers: bool = option(True, help="Show per-layer widths.", panel=PANEL_OUT)
     allow_nonfinite: bool = allow_nonfinite_option()
     json: bool = option(False, help="Print one JSON object on stdout instead of tables.", panel=PANEL_OUT, negatable=False)

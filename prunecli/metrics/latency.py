@@ -1,18 +1,32 @@
-"""Latency: median of repeated, timed forward passes after warm-up, interleaved.
+"""Latency: median of repeated, timed forward passes after warm-up, interleaved, with its spread.
 
 Interleaving matters on a shared, noisy machine: timing model A 20 times and then model
 B 20 times lets a burst of background load land on one of them; alternating A, B, A, B
 spreads it over both. For each model both memory formats are tried and the faster is
 reported (on CPU channels_last is sometimes faster, sometimes slower).
+
+A median alone hides how noisy the runs were: each `Latency` keeps the spread (min,
+quartiles, max), the threads, device, batch size and memory format it was measured with,
+and the machine's load average, and `unreliable` says in one line when a comparison of
+them means nothing (a wide spread, or more runnable processes than cores). ``threads``
+pins PyTorch's intra-op threads for the measurement: on a shared 2-core machine, dense
+conv4 at batch 64 measured 68, 784, 151 and 63 ms in four runs with the default threads,
+and a sane ratio with one thread.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import torch
+
+# IQR / median above this: the runs disagree too much for a ratio of medians to mean much
+WIDE_SPREAD = 0.25
 
 
 @dataclass(frozen=True)
@@ -21,6 +35,92 @@ class Latency:
     memory_format: str  # "contiguous" or "channels_last"
     batch_size: int
     runs: int
+    min_ms: float = 0.0
+    q1_ms: float = 0.0  # first and third quartiles of the runs, ms
+    q3_ms: float = 0.0
+    max_ms: float = 0.0
+    threads: int = 0  # PyTorch intra-op threads during the measurement
+    device: str = "cpu"
+    load: Optional[float] = None  # 1-minute load average when measured (None where the OS has none)
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range relative to the median (0.1 = the middle half of the runs within 10%)."""
+        return (self.q3_ms - self.q1_ms) / self.median_ms if self.median_ms > 0 else 0.0
+
+    def describe(self) -> str:
+        """``"3.21 ms (IQR 3.10-3.40, min-max 3.02-4.11, 15 runs)"``."""
+        return (
+            f"{self.median_ms:.2f} ms (IQR {self.q1_ms:.2f}-{self.q3_ms:.2f}, min-max {self.min_ms:.2f}-{self.max_ms:.2f}, "
+            f"{self.runs} runs)"
+        )
+
+    def conditions(self) -> str:
+        """How it was measured: ``"batch 64, 1 thread, channels_last, cpu"``."""
+        return f"batch {self.batch_size}, {self.threads} thread{'s' if self.threads != 1 else ''}, {self.memory_format}, {self.device}"
+
+    def to_json(self) -> dict:
+        return {
+            "median_ms": round(self.median_ms, 4),
+            "q1_ms": round(self.q1_ms, 4),
+            "q3_ms": round(self.q3_ms, 4),
+            "min_ms": round(self.min_ms, 4),
+            "max_ms": round(self.max_ms, 4),
+            "runs": self.runs,
+            "batch_size": self.batch_size,
+            "threads": self.threads,
+            "memory_format": self.memory_format,
+            "device": self.device,
+            "load": self.load,
+        }
+
+
+def load_average() -> Optional[float]:
+    """The 1-minute load average, or None where the OS does not report one."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def unreliable(latencies: list[Latency]) -> Optional[str]:
+    """One line saying why a comparison of these latencies is not meaningful, or None.
+
+    A wide spread (IQR above `WIDE_SPREAD` of the median) in any of them, or a load
+    average above the cores (other processes competed for them) on a CPU measurement.
+    """
+    if not latencies:
+        return None
+    wide = [lat for lat in latencies if lat.spread > WIDE_SPREAD]
+    if wide:
+        worst = max(wide, key=lambda lat: lat.spread)
+        hint = " (try --threads 1 on a shared machine)" if worst.device == "cpu" and worst.threads != 1 else ""
+        return f"latency runs vary widely (IQR {worst.spread:.0%} of the median): the latency ratio is not meaningful{hint}"
+    cores = os.cpu_count() or 1
+    loaded = [lat.load for lat in latencies if lat.device == "cpu" and lat.load is not None and lat.load > cores]
+    if loaded:
+        return f"the machine is loaded (load average {max(loaded):.1f} on {cores} cores): the latency ratio may not be meaningful"
+    return None
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: Optional[int]) -> Iterator[int]:
+    """PyTorch's intra-op threads set to ``threads`` (None: as they are) for the block; yields the count in use."""
+    before = torch.get_num_threads()
+    if threads is not None and threads != before:
+        torch.set_num_threads(int(threads))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def _quartiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
 
 
 _FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -31,7 +131,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.inference_mode()
 def measure_latencies(
     models: list[torch.nn.Module],
     input_shape: tuple[int, ...],
@@ -42,8 +141,19 @@ def measure_latencies(
     repeats: int = 15,
     max_seconds: float = 20.0,
     formats: tuple[str, ...] = ("contiguous", "channels_last"),
+    threads: Optional[int] = None,
 ) -> list[Latency]:
-    """Latency of each model for one batch of ``input_shape``; models are restored afterwards."""
+    """Latency of each model for one batch of ``input_shape``; models are restored afterwards.
+
+    ``threads``: PyTorch intra-op threads for the measurement (None: as they are).
+    """
+    with intra_op_threads(threads) as used:
+        return _measure(models, input_shape, batch_size, device, warmup, repeats, max_seconds, formats, used)
+
+
+@torch.inference_mode()
+def _measure(models, input_shape, batch_size, device, warmup, repeats, max_seconds, formats, threads: int) -> list[Latency]:
+    load = load_average()
     x = torch.randn(batch_size, *input_shape, device=device)
     if x.dim() != 4:
         formats = ("contiguous",)
@@ -76,12 +186,21 @@ def measure_latencies(
     out = []
     for i in range(len(models)):
         best = min(formats, key=lambda f: statistics.median(samples[(i, f)]))
+        runs = samples[(i, best)]
+        q1, q3 = _quartiles(runs)
         out.append(
             Latency(
-                median_ms=statistics.median(samples[(i, best)]),
+                median_ms=statistics.median(runs),
                 memory_format=best,
                 batch_size=batch_size,
-                runs=len(samples[(i, best)]),
+                runs=len(runs),
+                min_ms=min(runs),
+                q1_ms=q1,
+                q3_ms=q3,
+                max_ms=max(runs),
+                threads=threads,
+                device=str(device),
+                load=load,
             )
         )
     return out

@@ -439,7 +439,7 @@ class _Run:
             if dense is None:
                 report.notes.append("latency not measured: the run was resumed and its parent checkpoint is gone or changed")
             else:
-                lb, la = measure_latencies([dense.eval(), self.model.eval()], self.shape, batch_size=cfg.batch_size, device=self.device, repeats=cfg.repeats)
+                lb, la = measure_latencies([dense.eval(), self.model.eval()], self.shape, batch_size=cfg.batch_size, device=self.device, repeats=cfg.repeats, threads=cfg.threads)
                 report.latency_ms_before, report.latency_ms_after = lb.median_ms, la.median_ms
         return report
 

@@ -21,7 +21,7 @@ from prunecli.config import CompressConfig
 from prunecli.engine.distributed import resolve_device
 from prunecli.errors import PruneCliError
 from prunecli.metrics.complexity import count_complexity
-from prunecli.metrics.latency import measure_latencies
+from prunecli.metrics.latency import measure_latencies, unreliable
 from prunecli.models import example_input
 from prunecli.outputs import claim_output
 from prunecli.stages.checkpoints import derive_compressed, load_model
@@ -45,6 +45,7 @@ class CompressReport:
     removed: list[tuple[str, int, int]]  # (unit root, channels before, after)
     masked_weights_left: int = 0
     notes: list[str] = field(default_factory=list)
+    latency: Optional[dict[str, Any]] = None  # before/after medians, spreads and how they were measured
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,6 +62,7 @@ class CompressReport:
             "latency_batch_size": self.latency_batch_size,
             "masked_weights_left": self.masked_weights_left,
             "layers_shrunk": len(self.removed),
+            "latency": self.latency,
         }
 
 
@@ -96,9 +98,14 @@ def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport
 
     before, after = count_complexity(reference, shape), count_complexity(model, shape)
     lat_before = lat_after = None
+    latency = None
     if cfg.latency:
-        lb, la = measure_latencies([reference, model], shape, batch_size=cfg.batch_size, device=resolve_device(cfg.device), repeats=cfg.repeats)
+        lb, la = measure_latencies([reference, model], shape, batch_size=cfg.batch_size, device=resolve_device(cfg.device), repeats=cfg.repeats, threads=cfg.threads)
         lat_before, lat_after = lb.median_ms, la.median_ms
+        latency = {"before": lb.to_json(), "after": la.to_json(), "conditions": lb.conditions() if lb.memory_format == la.memory_format else f"{lb.conditions()} / {la.memory_format}"}
+        why = unreliable([lb, la])
+        if why:
+            notes.append(why)
     removed = [(p.unit.root, p.size, p.kept) for p in plan.units]
     extra = dict(ckpt.extra)
     extra.pop("rewind", None)  # rewind weights have the uncompressed shapes: they no longer fit
@@ -131,4 +138,5 @@ def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport
         removed=removed,
         masked_weights_left=left,
         notes=notes,
+        latency=latency,
     )

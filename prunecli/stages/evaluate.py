@@ -12,7 +12,8 @@ from prunecli.data.loaders import make_batches
 from prunecli.engine.distributed import resolve_device
 from prunecli.engine.loop import evaluate
 from prunecli.metrics.complexity import count_complexity
-from prunecli.metrics.latency import measure_latencies
+from prunecli._console import log, warn
+from prunecli.metrics.latency import measure_latencies, unreliable
 from prunecli.metrics.layers import LayerInfo, layer_table
 from prunecli.stages.checkpoints import data_for_checkpoint, rebuild_model, shuffled_label_seed
 
@@ -34,6 +35,7 @@ class Report:
     latency_batch_size: Optional[int] = None
     memory_format: Optional[str] = None
     layers: list[LayerInfo] = field(default_factory=list)
+    latency: Optional[dict] = None  # spread, threads, device: prunecli.metrics.latency.Latency.to_json
 
     def to_json(self, with_layers: bool = False) -> dict:
         d = {
@@ -51,6 +53,7 @@ class Report:
             "samples": self.samples,
             "latency_batch_size": self.latency_batch_size,
             "memory_format": self.memory_format,
+            "latency": self.latency,
         }
         if with_layers:
             d["layers"] = [vars(layer) for layer in self.layers]
@@ -98,7 +101,13 @@ def evaluate_checkpoints(paths: list[Path], cfg: Optional[EvaluateConfig] = None
         for i, (_, shape) in enumerate(models):
             by_shape.setdefault(shape, []).append(i)
         for shape, idx in by_shape.items():  # same input: measured interleaved, side by side
-            lats = measure_latencies([models[i][0] for i in idx], shape, batch_size=cfg.batch_size, device=dev, repeats=cfg.repeats)
+            lats = measure_latencies([models[i][0] for i in idx], shape, batch_size=cfg.batch_size, device=dev, repeats=cfg.repeats, threads=cfg.threads)
             for i, lat in zip(idx, lats):
-                reports[i] = replace(reports[i], latency_ms=lat.median_ms, latency_batch_size=lat.batch_size, memory_format=lat.memory_format)
+                reports[i] = replace(
+                    reports[i], latency_ms=lat.median_ms, latency_batch_size=lat.batch_size, memory_format=lat.memory_format, latency=lat.to_json()
+                )
+            log(f"latency: interleaved, median of {lats[0].runs} runs after warm-up; {lats[0].conditions()}")
+            why = unreliable(lats)
+            if why:
+                warn(why)
     return reports
