@@ -338,3 +338,21 @@ def test_the_old_lr_warmup_key_names_its_new_spelling(tmp_path):
 
     with pytest.raises(OptionError, match="now 'lr-warmup-epochs'"):
         TrainConfig.from_options({"warmup-epochs": 2})
+
+
+def test_channel_mode_on_a_residual_batchnorm_net_compresses(cli, tmp_path):
+    """Residual adds couple layers: their channels are ranked and masked as one group, BatchNorm included."""
+    base = tmp_path / "r20.pt"
+    run = ["--device", "cpu", "--batch-size", "32", "--steps-per-epoch", "2"]
+    assert cli("train", "--model", "resnet20", "--dataset", "synthetic", "--image-size", "8", "--epochs", "1", *run, "-o", base).code == 0
+    scores = tmp_path / "scores.pt"
+    r = cli("prune", base, "--method", "edgepopup", "--scope", "global", "--rank", "relevant", "--rate", "0.5", "--epochs", "1", *run, "-o", scores)
+    assert r.code == 0, r.stderr
+    ck = load_checkpoint(scores)
+    assert any(k.endswith("bn1.weight") for k in ck.masks)  # the BatchNorm scale of masked channels is masked with them
+    c = cli("compress", scores, "--no-latency", "--json", "-o", tmp_path / "small.pt")
+    assert c.code == 0, c.stderr
+    import json
+
+    rep = json.loads(c.stdout)
+    assert rep["macs_after"] < rep["macs_before"] and rep["max_abs_diff"] < 1e-4
