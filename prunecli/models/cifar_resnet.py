@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prunecli.models._registry import register_model
+from prunecli.models.residual import ResidualLayout, register_residual_block
 from prunecli.models.routing import SourceRouting
 from prunecli.models.structure import register_routing_layer
 
@@ -100,6 +101,9 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
+register_residual_block(BasicBlock, ResidualLayout(branch_end="bn2", inner=("bn1",), shortcut="shortcut"))
+
+
 class Bottleneck(nn.Module):
     """Post-activation bottleneck: conv1x1-BN-ReLU, conv3x3(stride)-BN-ReLU, conv1x1(x4)-BN, add, ReLU."""
 
@@ -128,6 +132,9 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return self.relu(out + self.shortcut(x))
+
+
+register_residual_block(Bottleneck, ResidualLayout(branch_end="bn3", inner=("bn1", "bn2"), shortcut="shortcut"))
 
 
 class CifarResNet(nn.Module):

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from prunecli.models._registry import register_model
+from prunecli.models.residual import ResidualLayout, register_residual_block
 
 _STEM_WIDTH = 64
 
@@ -51,6 +52,12 @@ class ResNeXtBottleneck(nn.Module):
         out = self.relu(self.bn_group(self.conv_group(out)))
         out = self.bn_expand(self.conv_expand(out))
         return self.relu(out + self.shortcut(x))
+
+
+register_residual_block(
+    ResNeXtBottleneck,
+    ResidualLayout(branch_end="bn_expand", inner=("bn_reduce", "bn_group"), shortcut="shortcut", grouped=("conv_group", "bn_group")),
+)
 
 
 class CifarResNeXt(nn.Module):

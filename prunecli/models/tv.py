@@ -8,6 +8,7 @@ import warnings
 from torch import nn
 
 from prunecli.errors import PruneCliError
+from prunecli.models.residual import ResidualLayout, register_residual_block
 from prunecli.models.structure import register_fixup
 
 
@@ -47,3 +48,13 @@ def _vision_transformer_hidden_dim(vit: nn.Module) -> None:
 
 
 register_fixup("torchvision.models.vision_transformer.VisionTransformer", _vision_transformer_hidden_dim)
+
+# torchvision's ResNet blocks (also the zoo's resnet50); its ResNeXt/Wide-ResNet bottlenecks
+# are the same class, with the grouped 3x3 conv in conv2
+register_residual_block(
+    "torchvision.models.resnet.BasicBlock", ResidualLayout(branch_end="bn2", inner=("bn1",), shortcut="downsample")
+)
+register_residual_block(
+    "torchvision.models.resnet.Bottleneck",
+    ResidualLayout(branch_end="bn3", inner=("bn1", "bn2"), shortcut="downsample", grouped=("conv2", "bn2")),
+)
