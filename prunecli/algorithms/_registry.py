@@ -72,7 +72,7 @@ class Algorithm:
         return None
 
 
-_MODULES = ("one_shot", "soft", "gradual", "iterative", "reconstruction", "edgepopup")
+_MODULES = ("one_shot", "soft", "gradual", "iterative", "reconstruction", "edgepopup", "sss")
 
 
 def _import_algorithms() -> None:

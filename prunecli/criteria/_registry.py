@@ -153,7 +153,7 @@ def scatter_to_unit(unit, values: list[torch.Tensor], producers) -> torch.Tensor
     return total / count.clamp(min=1)
 
 
-_MODULES = ("norm", "geomedian", "slimming", "taylor", "lamp", "hessian", "random", "magnitude", "thinet", "cp", "edgepopup")
+_MODULES = ("norm", "geomedian", "slimming", "taylor", "lamp", "hessian", "random", "magnitude", "thinet", "cp", "edgepopup", "sss")
 
 
 def _import_criteria() -> None:

@@ -100,7 +100,7 @@ _FIXED_ON_RESUME = ("model", "model_args", "dataset", "image_size", "num_classes
 _FIXED_ON_PRUNING_RESUME = (
     "method", "rate", "granularity", "scope", "target_macs", "mix_norm", "count_rule", "layer_rate", "layer_rates", "skip",
     "protect", "round_to", "max_layer_rate", "soft", "mask_grads", "grouping", "reselect_every", "prune_schedule",
-    "prune_epochs", "rounds", "rewind", "hard_epochs", "stream_bn",
+    "prune_epochs", "rounds", "rewind", "hard_epochs", "stream_bn", "sss_gamma",
 )
 
 

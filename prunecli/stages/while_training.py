@@ -120,6 +120,8 @@ def training_callbacks(cfg: PruneConfig, ckpt: Checkpoint, device: torch.device,
 
     if algorithm.name == "edgepopup":
         return edgepopup_callbacks(cfg, criterion, ckpt, model, spec, fresh=source is not None)
+    if algorithm.name == "sss":
+        return sss_callbacks(cfg, ckpt, model, spec, fresh=source is not None)
     if algorithm.name == "soft":
         cb = algorithm.callback(make_pruner, every=cfg.reselect_every, mask_grads=cfg.mask_grads, grouping=cfg.grouping.value, hard_epochs=cfg.hard_epochs)
         return {"extra_callbacks": [cb]}
@@ -161,6 +163,38 @@ def edgepopup_callbacks(cfg: PruneConfig, criterion, ckpt: Checkpoint, model: to
         score_init=cfg.score_init.value,
         warmup_epochs=cfg.warmup_epochs,
         seed=cfg.seed,
+        store=ckpt.extra,
+        base=base,
+    )
+    for note in cb.notes:
+        log(note)
+    return {"extra_callbacks": [cb], "masks": base}
+
+
+def sss_callbacks(cfg: PruneConfig, ckpt: Checkpoint, model: torch.nn.Module, spec, *, fresh: bool) -> dict[str, Any]:
+    """Sparse Structure Selection's callback, and the masks the Trainer enforces: the parent's only.
+
+    As with edge-popup, a resumed run's file records what its gates had killed by then; a
+    gate may come back, so the parent's masks (kept in the callback's resume state) are
+    what is enforced, as in the uninterrupted run.
+    """
+    from prunecli.algorithms.sss import SSSCallback
+    from prunecli.models import example_input
+
+    if fresh:
+        base = dict(ckpt.masks)
+    else:
+        stored = ((ckpt.resume or {}).get("callbacks") or {}).get(SSSCallback.key) or {}
+        base = stored.get("base") if isinstance(stored.get("base"), dict) else None
+        if base is None:
+            raise PruneCliError(f"{ckpt.path}: its sss resume state is missing: start the sss stage again")
+    cb = SSSCallback(
+        model,
+        granularity=cfg.granularity.value,
+        gamma=cfg.sss_gamma,
+        momentum=cfg.momentum,
+        example=example_input(spec),
+        name=spec.name,
         store=ckpt.extra,
         base=base,
     )
