@@ -1,28 +1,38 @@
-"""`compress`: remove masked channels physically and prove nothing else changed.
+"""`compress`: remove masked channels and dead residual blocks physically and prove nothing else changed.
 
 A channel of a unit is removed when its output is identically zero: every entry of it in
 the unit's producing layers (filter and bias) and normalisation layers (scale and shift)
 is zero (`Pruner.plan_zeroed`). Structured masks from `prune` zero exactly those entries;
 weight-level masks rarely zero a whole channel, and then only those channels go. Removal
-goes through the Torch-Pruning dependency group, so coupled layers shrink together, and
-the model is checked against the masked one on a probe batch before anything is written.
+goes through the Torch-Pruning dependency group, so coupled layers shrink together.
+
+A residual block whose branch ends in a BatchNorm with zero scale and shift (Sparse
+Structure Selection's dead blocks, prunecli.algorithms.sss) only passes its input on: it
+is dropped first (the ``drop-blocks`` converter, prunecli.models.residual), then the dead
+channels are removed from the shallower network. A dead block whose shortcut downsamples
+stays, and so do the dead blocks of a file that is already channel-compressed (the
+recorded removal names the full network's layers); the notes say so.
+
+The compressed model is checked against the masked one on a probe batch before anything
+is written: the check covers the dropped blocks and the removed channels together.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
-from prunecli.checkpoint import save_checkpoint
+from prunecli.checkpoint import Checkpoint, save_checkpoint
 from prunecli.config import CompressConfig
 from prunecli.engine.distributed import resolve_device
 from prunecli.errors import PruneCliError
 from prunecli.metrics.complexity import count_complexity
 from prunecli.metrics.latency import measure_latencies, unreliable
 from prunecli.models import example_input
+from prunecli.models.residual import DROP_BLOCKS, dead_blocks, drop_blocks, without_blocks
 from prunecli.outputs import claim_output
 from prunecli.stages.checkpoints import derive_compressed, load_model
 from prunecli.surgery.equivalence import difference, first_differing_unit, outputs, probe_batch
@@ -46,6 +56,7 @@ class CompressReport:
     masked_weights_left: int = 0
     notes: list[str] = field(default_factory=list)
     latency: Optional[dict[str, Any]] = None  # before/after medians, spreads and how they were measured
+    dropped_blocks: list[str] = field(default_factory=list)  # dead residual blocks replaced by the identity
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +74,8 @@ class CompressReport:
             "masked_weights_left": self.masked_weights_left,
             "layers_shrunk": len(self.removed),
             "latency": self.latency,
+            "blocks_dropped": list(self.dropped_blocks),
+            "notes": list(self.notes),
         }
 
 
@@ -81,16 +94,29 @@ def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport
     probe = probe_batch(spec)
     expected = outputs(reference, probe)
 
+    ckpt, model, dropped, notes = _drop_dead_blocks(ckpt, model)
+    sss = ckpt.extra.get("sss")
+    if isinstance(sss, dict) and sss.get("granularity") == "group" and sss.get("dead"):
+        notes.append(
+            f"{len(sss['dead'])} group(s) that Sparse Structure Selection gated to zero stay, masked: Torch-Pruning cannot remove "
+            "one whole group of a grouped conv"
+        )
     pruner = Pruner(model, example_input=example, name=spec.name)
     plan = pruner.plan_zeroed()
-    notes = list(plan.notes)
-    if not plan.units:
+    notes += plan.notes
+    if not plan.units and not dropped:
         hint = "" if ckpt.masks else f" (prune first, e.g. prunecli prune {source} --method l1 --rate 0.5)"
         notes.append(f"no channel is entirely zero: nothing removed{hint}")
     removal = pruner.remove(plan)
     diff, same = difference(expected, outputs(model, probe))
     if not same:
-        culprit = first_differing_unit(reference, plan, example, probe, name=spec.name)
+        shallower = drop_blocks(copy.deepcopy(reference), blocks=dropped) if dropped else reference
+        if dropped and not difference(expected, outputs(shallower, probe))[1]:
+            raise PruneCliError(
+                f"{source}: dropping the dead residual blocks {', '.join(dropped)} changes the model's outputs (max |diff| {diff:.3g}): "
+                "a block there does not read a ReLU output, so the identity does not stand for it; nothing written"
+            )
+        culprit = first_differing_unit(shallower, plan, example, probe, name=spec.name)
         raise PruneCliError(
             f"{source}: the compressed model differs from the masked one (max |diff| {diff:.3g}) after removing "
             f"channels of the group at {culprit}; the masks do not describe a removable structure there; nothing written"
@@ -109,7 +135,7 @@ def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport
     removed = [(p.unit.root, p.size, p.kept) for p in plan.units]
     extra = dict(ckpt.extra)
     extra.pop("rewind", None)  # rewind weights have the uncompressed shapes: they no longer fit
-    extra["compress"] = {"removed": [list(r) for r in removed]}
+    extra["compress"] = {"removed": [list(r) for r in removed], "dropped_blocks": list(dropped)}
     metrics = dict(ckpt.metrics)
     metrics.update(macs=after.macs, params=after.params, macs_before_compress=before.macs, max_abs_diff=diff)
     out = derive_compressed(ckpt, "compress", cfg.to_options(), model, removal.history, removal.kept, metrics=metrics, extra=extra)
@@ -139,4 +165,38 @@ def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport
         masked_weights_left=left,
         notes=notes,
         latency=latency,
+        dropped_blocks=dropped,
     )
+
+
+def _drop_dead_blocks(ckpt: Checkpoint, model) -> tuple[Checkpoint, Any, list[str], list[str]]:
+    """The checkpoint and model with the dead residual blocks dropped (see the module docstring).
+
+    Returns (checkpoint, model, the blocks dropped, notes). The checkpoint gains the
+    ``drop-blocks`` converter, and loses the dropped blocks' masks, so that the compressed
+    file rebuilds from itself.
+    """
+    droppable, downsampling = dead_blocks(model)
+    notes = []
+    if downsampling:
+        notes.append(
+            f"{len(downsampling)} dead residual block(s) kept: {', '.join(downsampling)} downsample through the shortcut, so the "
+            "block cannot become the identity (its branch stays, masked to zero)"
+        )
+    if droppable and ckpt.structure:
+        notes.append(
+            f"{len(droppable)} dead residual block(s) kept ({', '.join(droppable[:6])}{' ...' if len(droppable) > 6 else ''}): "
+            f"{ckpt.path} is already channel-compressed, and blocks can only be dropped before a recorded channel removal; "
+            "run sss on the uncompressed model to drop them"
+        )
+        droppable = []
+    if not droppable:
+        return ckpt, model, [], notes
+    model = drop_blocks(model, blocks=droppable)
+    ckpt = replace(
+        ckpt,
+        converters=[*ckpt.converters, {"name": DROP_BLOCKS, "args": {"blocks": list(droppable)}}],
+        masks=without_blocks(ckpt.masks, droppable),
+    )
+    notes.append(f"dropped {len(droppable)} dead residual block(s): {', '.join(droppable)}")
+    return ckpt, model, list(droppable), notes
