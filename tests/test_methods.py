@@ -20,7 +20,7 @@ from prunecli.errors import PruneCliError
 from prunecli.criteria import get_criterion, list_criteria, criterion_description
 from prunecli.surgery.units import build_graph, units
 
-ALL = ["cp", "edgepopup", "geomedian", "hessian", "l1", "l2", "lamp", "magnitude", "random", "slimming", "taylor", "thinet"]
+ALL = ["cp", "edgepopup", "geomedian", "hessian", "l1", "l2", "lamp", "magnitude", "random", "slimming", "sss", "taylor", "thinet"]
 
 
 def traced_units(model: nn.Module, example: torch.Tensor) -> dict:
