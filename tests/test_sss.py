@@ -22,6 +22,8 @@ import torch
 from conftest import one_line_error
 from prunecli.algorithms.sss import SSSCallback, apg_step, soft_threshold
 from prunecli.checkpoint import load_checkpoint
+from prunecli.models import ModelSpec, build_model, example_input
+from prunecli.models.residual import dead_blocks, drop_blocks, residual_blocks
 from prunecli.stages.checkpoints import load_model, rebuild_model
 from prunecli.surgery.equivalence import outputs, probe_batch
 
@@ -93,6 +95,76 @@ def test_soft_threshold_and_apg_step_by_hand():
     g1, v1 = torch.tensor([0.01], dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
     apg_step(g1, torch.tensor([1.0], dtype=torch.float64), v1, lr=0.1, gamma=0.0, momentum=0.0)
     assert float(g1) == 0.0
+
+
+def _randomised(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` in eval mode with BatchNorms far from the identity (folding is then not trivial)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def _tv_bottlenecks() -> torch.nn.Module:
+    """torchvision's bottleneck ResNet with one block per stage (the zoo's resnet50 has 16: slow to trace)."""
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    torch.manual_seed(0)
+    return ResNet(Bottleneck, [1, 1, 1, 1], num_classes=10)
+
+
+# every registered block family; channel gates where the dependency groups allow them
+@pytest.mark.parametrize(
+    "name, kwargs, granularity",
+    [
+        ("resnet164", {}, "block"),  # CIFAR bottlenecks, projection shortcuts
+        ("resnext29", dict(depth=11, cardinality=2, base_width=4), "group"),
+        ("tv:resnet18", {}, "block"),
+        ("resnet50", {}, "block"),  # torchvision's bottleneck with a CIFAR stem
+        ("tv-bottlenecks", {}, "channel"),
+    ],
+)
+def test_folded_gates_and_dropped_blocks_compute_what_the_gated_model_does(name, kwargs, granularity):
+    from types import SimpleNamespace
+
+    spec = ModelSpec("resnet50" if name == "tv-bottlenecks" else name, 3, 10, 16, kwargs)
+    model = _randomised(_tv_bottlenecks() if name == "tv-bottlenecks" else build_model(spec))
+    blocks = residual_blocks(model)
+    plain = [b.name for b in blocks if not b.downsamples]
+    down = [b.name for b in blocks if b.downsamples]
+    cb = SSSCallback(model, granularity=granularity, gamma=0.01, momentum=0.9, example=example_input(spec), name=name, store={}, base={})
+    with torch.no_grad():
+        if granularity == "block":
+            for key, value in ((plain[0], 0.0), (down[-1], 0.0), (plain[-1], 0.3)):
+                cb.gates[key].fill_(value)
+        else:
+            for key, g in cb.gates.items():
+                g.copy_(torch.rand(g.shape, generator=torch.Generator().manual_seed(len(key))))
+                g[::3] = 0.0
+    x = probe_batch(spec, 4)
+    gated = outputs(model, x)
+    state = SimpleNamespace(model=model, epoch=1, checkpoint_masks=None)
+    cb.before_save(state)  # folds the gates into the BatchNorms and zeroes what is dead, as a checkpoint holds it
+    cb.remove_hooks()
+    tol = 1e-5 * max(1.0, float(gated.abs().max()))
+    assert float((outputs(model, x) - gated).abs().max()) <= tol
+    if granularity == "block":
+        assert dead_blocks(model) == ([plain[0]], [down[-1]])
+        drop_blocks(model, blocks=[plain[0]])
+        assert float((outputs(model, x) - gated).abs().max()) <= tol
+    else:
+        from prunecli.surgery.pruner import Pruner
+
+        pruner = Pruner(model, example_input=example_input(spec), name=name)
+        plan = pruner.plan_zeroed()
+        assert plan.pruned if granularity == "channel" else not plan.pruned  # dead groups keep their shape
+        pruner.remove(plan)
+        assert float((outputs(model, x) - gated).abs().max()) <= tol
 
 
 def test_a_zero_gate_kills_its_block_and_compress_drops_it(cli, tmp_path, resnet20, monkeypatch):
@@ -208,6 +280,7 @@ def test_killed_sss_run_resumes_to_the_same_weights_gates_and_masks(cli, tmp_pat
         (["--granularity", "weight"], "sss gates residual blocks, groups or channels", 2),
         (["--granularity", "block", "--rate", "0.5"], "drop --rate", 2),
         (["--granularity", "block", "--epochs", "0"], "give --epochs", 2),
+        (["--granularity", "block", "--scope", "global"], "drop --scope", 2),
     ],
 )
 def test_bad_sss_input_is_one_line(cli, tmp_path, resnet20, args, message, code):

@@ -171,7 +171,8 @@ class PruneConfig(FinetuneConfig):
     rate: Optional[float] = option(None, help="Fraction removed, in [0, 1).", panel=PANEL_WHAT, flags=("-r",))
     granularity: Granularity = option(
         Granularity.channel,
-        help="channel: output filters/neurons; weight: single weights; block, group: Sparse Structure Selection's gates (--method sss).",
+        help="channel: output filters/neurons; weight: single weights; block, group: Sparse Structure Selection's gates "
+        "(--method sss, which also gates channels).",
         panel=PANEL_WHAT,
     )
     # layer-wise is what Li et al., SFP and FPGM do; global needs comparable scores
@@ -378,6 +379,19 @@ class PruneConfig(FinetuneConfig):
                     raise OptionError(f"{{{name}}} sets how edge-popup's scores train: it needs {{method}} edgepopup")
             if self.granularity is Granularity.weight:
                 raise OptionError("{granularity} weight: sss gates residual blocks, groups or channels (block, group, channel)")
+            # options of a ranking: the gates alone decide what goes
+            ranking = (
+                ("scope", self.scope is not Scope.layerwise),
+                ("skip", bool(self.skip)),
+                ("round_to", self.round_to != 1),
+                ("max_layer_rate", self.max_layer_rate is not None),
+                ("mix_norm", bool(self.mix_norm)),
+                ("count_rule", self.count_rule is not CountRule.reference),
+                ("stream_bn", self.stream_bn is not None),
+            )
+            for name, given in ranking:
+                if given:
+                    raise OptionError(f"{{{name}}} shapes a ranking; {{method}} sss removes what its gates drive to zero: drop {{{name}}} (raise {{sss_gamma}} to remove more)")
 
     def _validate_sensitivity(self) -> None:
         if self.from_sensitivity is None:
