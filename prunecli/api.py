@@ -123,12 +123,14 @@ def prune(
 
 def compress(net: Network) -> float:
     """Remove every channel whose output is identically zero, in place, through the dependency
-    groups; returns the max |masked - compressed| on a fixed probe batch (an error, and the
-    network left as it was, if the two differ)."""
+    groups, and drop the residual blocks whose branch is dead (Sparse Structure Selection's),
+    as ``prunecli compress`` does; returns the max |masked - compressed| on a fixed probe
+    batch (an error, and the network left as it was, if the two differ)."""
     import copy
 
     from prunecli.errors import PruneCliError
     from prunecli.stages.checkpoints import derive_compressed
+    from prunecli.stages.compress import drop_dead_blocks
     from prunecli.surgery import Pruner
     from prunecli.surgery.equivalence import difference, outputs, probe_batch
 
@@ -136,6 +138,7 @@ def compress(net: Network) -> float:
     work = copy.deepcopy(net.module)
     probe = probe_batch(net.spec, device=device)
     expected = outputs(net.module, probe)
+    parent, work, dropped, _ = drop_dead_blocks(replace(net.checkpoint, state_dict=net.module.state_dict()), work)
     pruner = Pruner(work, example_input=example_input(net.spec, device=device), name=net.spec.name)
     plan = pruner.plan_zeroed()
     removal = pruner.remove(plan)
@@ -146,8 +149,7 @@ def compress(net: Network) -> float:
     metrics = {"macs": after.macs, "params": after.params, "macs_before_compress": before.macs, "max_abs_diff": diff}
     extra = dict(net.checkpoint.extra)
     extra.pop("rewind", None)  # rewind weights have the uncompressed shapes
-    extra["compress"] = {"removed": [[p.unit.root, p.size, p.kept] for p in plan.units]}
-    parent = replace(net.checkpoint, state_dict=net.module.state_dict())
+    extra["compress"] = {"removed": [[p.unit.root, p.size, p.kept] for p in plan.units], "dropped_blocks": dropped}
     net.checkpoint = derive_compressed(parent, "compress", {}, work, removal.history, removal.kept, metrics=metrics, extra=extra)
     net.module = work.eval()
     return diff

@@ -200,6 +200,13 @@ def test_a_zero_gate_kills_its_block_and_compress_drops_it(cli, tmp_path, resnet
     block_macs = 2 * 16 * 16 * 9 * 8 * 8  # two 3x3 convs, 16 -> 16 channels, on 8x8
     assert s.metrics["macs_before_compress"] - s.metrics["macs"] == block_macs
     assert _same_outputs(out, small) <= 1e-5  # masked == compressed, the dropped block included
+    # the Python API compresses the same way
+    import prunecli.api as pc
+
+    net = pc.load(out)
+    assert pc.compress(net) <= 1e-5
+    assert isinstance(net.module.layer1[1], torch.nn.Identity) and net.checkpoint.extra["compress"]["dropped_blocks"] == ["layer1.1"]
+    assert rebuild_model(load_checkpoint(pc.save(net, tmp_path / "api.pt"))).layer1[1].__class__ is torch.nn.Identity
     # finetune keeps the kept dead block dead (its masks are enforced)
     f = cli("finetune", small, "--epochs", "1", "--lr", "0.1", *RUN, "-o", tmp_path / "ft.pt")
     assert f.code == 0, f.stderr

@@ -94,7 +94,7 @@ def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport
     probe = probe_batch(spec)
     expected = outputs(reference, probe)
 
-    ckpt, model, dropped, notes = _drop_dead_blocks(ckpt, model)
+    ckpt, model, dropped, notes = drop_dead_blocks(ckpt, model)
     sss = ckpt.extra.get("sss")
     if isinstance(sss, dict) and sss.get("granularity") == "group" and sss.get("dead"):
         notes.append(
@@ -169,7 +169,7 @@ def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport
     )
 
 
-def _drop_dead_blocks(ckpt: Checkpoint, model) -> tuple[Checkpoint, Any, list[str], list[str]]:
+def drop_dead_blocks(ckpt: Checkpoint, model) -> tuple[Checkpoint, Any, list[str], list[str]]:
     """The checkpoint and model with the dead residual blocks dropped (see the module docstring).
 
     Returns (checkpoint, model, the blocks dropped, notes). The checkpoint gains the
@@ -186,7 +186,7 @@ def _drop_dead_blocks(ckpt: Checkpoint, model) -> tuple[Checkpoint, Any, list[st
     if droppable and ckpt.structure:
         notes.append(
             f"{len(droppable)} dead residual block(s) kept ({', '.join(droppable[:6])}{' ...' if len(droppable) > 6 else ''}): "
-            f"{ckpt.path} is already channel-compressed, and blocks can only be dropped before a recorded channel removal; "
+            f"{ckpt.path or 'the checkpoint'} is already channel-compressed, and blocks can only be dropped before a recorded channel removal; "
             "run sss on the uncompressed model to drop them"
         )
         droppable = []
