@@ -200,6 +200,8 @@ def test_a_zero_gate_kills_its_block_and_compress_drops_it(cli, tmp_path, resnet
     block_macs = 2 * 16 * 16 * 9 * 8 * 8  # two 3x3 convs, 16 -> 16 channels, on 8x8
     assert s.metrics["macs_before_compress"] - s.metrics["macs"] == block_macs
     assert _same_outputs(out, small) <= 1e-5  # masked == compressed, the dropped block included
+    shown = cli("info", small).stderr
+    assert "1 dead residual block(s) dropped: layer1.1" in shown and "2/9 blocks at zero (layer1.1, layer2.0)" in shown
     # the Python API compresses the same way
     import prunecli.api as pc
 

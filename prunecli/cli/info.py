@@ -59,6 +59,9 @@ def _print_info(s: dict, table, show_layers: bool) -> None:
         if conv.get("name") == "channel-selection":
             n = len((conv.get("args") or {}).get("norms") or [])
             t.add_row("converted", f"channel selection in front of {n} stream BatchNorm(s) (Network Slimming; prune --stream-bn select)")
+        elif conv.get("name") == "drop-blocks":
+            blocks = [str(b) for b in (conv.get("args") or {}).get("blocks") or []]
+            t.add_row("converted", f"{len(blocks)} dead residual block(s) dropped: {', '.join(blocks)}")
         else:
             t.add_row("converted", str(conv.get("name")))
     if s["masked_parameters"]:
@@ -71,6 +74,8 @@ def _print_info(s: dict, table, show_layers: bool) -> None:
         r = s["resume"]
         block = f"block {r['block'] + 1}, " if r.get("block") is not None else ""
         t.add_row("resume", f"{r['stage']} at {block}epoch {r['epoch']}/{r['epochs']}")
+    if s.get("sss"):
+        t.add_row("sss gates", _sss_line(s["sss"]))
     if s.get("rewind_epoch") is not None:
         k = s["rewind_epoch"]
         t.add_row("rewind weights", f"epoch {k} ({'the initialisation; ' if k == 0 else ''}prune --rounds R --rewind {'init' if k == 0 else f'epoch:{k}'})")
@@ -94,6 +99,22 @@ def _print_info(s: dict, table, show_layers: bool) -> None:
         con.print(_learned_mask_table(s["learned_mask"]))
     if show_layers:
         con.print(layer_widths_table("layers", ["width"], [table]))
+
+
+def _sss_line(r: dict) -> str:
+    """Sparse Structure Selection's gates in one line: settings, how many are zero, which."""
+    gates = r.get("gates") or {}
+    total = sum(len(v) for v in gates.values())
+    zero = sum(1 for v in gates.values() for x in v if x == 0)
+    what = {"block": "blocks", "group": "groups", "channel": "channels"}.get(str(r.get("granularity")), "gates")
+    dead = [str(d) for d in r.get("dead") or []]
+    line = f"{r.get('granularity')}, gamma {r.get('gamma')}, epoch {r.get('epoch')}: {zero}/{total} {what} at zero"
+    if dead and r.get("granularity") == "block":
+        line += f" ({', '.join(dead[:8])}{' ...' if len(dead) > 8 else ''})"
+    kept = [str(d) for d in r.get("kept_downsampling") or []]
+    if kept:
+        line += f"; {', '.join(kept)} downsample{'s' if len(kept) == 1 else ''}: compress keeps {'it' if len(kept) == 1 else 'them'}"
+    return line
 
 
 def _learned_mask_table(lm: dict):

@@ -38,6 +38,7 @@ def checkpoint_summary(path: Path) -> tuple[dict[str, Any], list[LayerInfo]]:
         "rewind_epoch": _rewind_epoch(ckpt.extra),
         "nonfinite_tensors": nonfinite,
         "learned_mask": _learned_mask(ckpt.extra),
+        "sss": _sss_record(ckpt.extra),
     }
     return to_plain(summary), layer_table(model, ckpt.masks)
 
@@ -54,6 +55,17 @@ def _learned_mask(extra: dict) -> Any:
     out = {k: record.get(k) for k in ("granularity", "scope", "rate", "rank", "rank_abs", "score_init", "warmup_epochs", "epoch", "pruning")}
     out["layers"] = layers
     out["scores_stored"] = "edgepopup_scores" in extra
+    return out
+
+
+def _sss_record(extra: dict) -> Any:
+    """Sparse Structure Selection's record (settings, the gates and what was dead at the last save), or None."""
+    record = extra.get("sss")
+    if not isinstance(record, dict):
+        return None
+    out = {k: record.get(k) for k in ("granularity", "gamma", "momentum", "epoch", "dead", "kept_downsampling")}
+    gates = record.get("gates") if isinstance(record.get("gates"), dict) else {}
+    out["gates"] = {str(k): [round(float(x), 6) for x in v.flatten().tolist()] for k, v in gates.items() if hasattr(v, "flatten")}
     return out
 
 
