@@ -304,3 +304,14 @@ def test_sss_on_a_model_without_residual_blocks_is_one_line(cli, tmp_path, tiny_
     line = one_line_error(cli("prune", tiny_base, "--method", "sss", "--granularity", "block", "--epochs", "1", *RUN, "-o", out), 2)
     assert "conv2 has none" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("args", [{"blocks": ["nope"]}, {"blocks": 5}, {"blockz": ["layer1.1"]}, {"blocks": ["layer2.0"]}])
+def test_an_edited_drop_blocks_record_is_one_line(cli, tmp_path, resnet20, args):
+    from dataclasses import replace
+
+    from prunecli.checkpoint import save_checkpoint
+
+    bad = save_checkpoint(replace(load_checkpoint(resnet20), converters=[{"name": "drop-blocks", "args": args}]), tmp_path / "bad.pt")
+    line = one_line_error(cli("info", bad), 1)
+    assert "bad.pt: cannot apply its 'drop-blocks' conversion" in line

@@ -160,8 +160,7 @@ def _check_against_meta(spec: ModelSpec, converters, structure, state_dict, wher
     try:
         with torch.device("meta"), _initialisation_skipped():
             model = build_model(spec, where=where)
-            for step in converters:
-                model = _CONVERTERS.get(step["name"])(model, **dict(step.get("args") or {}))
+            model = _convert(model, converters, where)
     except PruneCliError:
         raise
     except Exception:  # a constructor that computes on tensor values cannot run on meta: the real build is still budgeted
@@ -210,8 +209,7 @@ def rebuild(
         raise
     except PruneCliError as e:
         raise CheckpointError(f"{where}: cannot rebuild its model: {e}") from e
-    for step in converters:
-        model = _CONVERTERS.get(step["name"])(model, **dict(step.get("args") or {}))
+    model = _convert(model, converters, where)
     if structure:
         try:
             replay(model, structure, example_input(spec), name=spec.name)
@@ -221,6 +219,18 @@ def rebuild(
             raise CheckpointError(f"{where}: cannot rebuild its compressed structure (damaged pruning history: {type(e).__name__})") from None
     if state_dict is not None:
         load_state_strict(model, state_dict, where=where, arch=spec.name)
+    return model
+
+
+def _convert(model: nn.Module, converters: list, where: str) -> nn.Module:
+    """Apply the recorded converters in order; arguments a converter cannot use (an edited
+    file's) are one CheckpointError line naming ``where``."""
+    for step in converters:
+        name = step["name"]
+        try:
+            model = _CONVERTERS.get(name)(model, **dict(step.get("args") or {}))
+        except (PruneCliError, TypeError, ValueError, KeyError, AttributeError) as e:
+            raise CheckpointError(f"{where}: cannot apply its {name!r} conversion: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
     return model
 
 

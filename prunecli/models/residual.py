@@ -148,9 +148,9 @@ def drop_blocks(model: M, *, blocks: Iterable[str]) -> M:
         module = modules.get(name) if isinstance(name, str) and name else None
         layout = layout_of(module) if module is not None else None
         if layout is None:
-            raise PruneCliError(f"{DROP_BLOCKS}: {name!r} is not a residual block of this model")
+            raise PruneCliError(f"{name!r} is not a residual block of this model")
         if ResidualBlock(name, module, layout).downsamples:
-            raise PruneCliError(f"{DROP_BLOCKS}: block {name} changes the shape through its shortcut and cannot be dropped")
+            raise PruneCliError(f"block {name} changes the shape through its shortcut and cannot be dropped")
         parent_name, _, attr = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, attr, nn.Identity())
     return model
