@@ -100,10 +100,6 @@ class _Gate:
     unit: Any = None  # channel granularity: the dependency group of these channels
     roots: Optional[torch.Tensor] = None  # channel c of the norm -> channel roots[c] of the unit
 
-    @property
-    def channels(self) -> int:
-        return self.count * self.per
-
 
 class SSSCallback(Callback):
     """Trains the gates by APG beside the weights; each checkpoint holds the gates folded in."""
@@ -239,11 +235,17 @@ class SSSCallback(Callback):
         line = f"sss: {n}/{total} {what} gated to zero"
         if self.granularity == "block" and n:
             names = [t.key for t in self.targets if bool(dead[t.key].any())]
-            kept = [t.key for t in self.targets if bool(dead[t.key].any()) and t.block.downsamples]
+            kept = self._kept_downsampling(dead)
             line += f" ({', '.join(names[:8])}{' ...' if len(names) > 8 else ''})"
             if kept:
                 line += f"; {', '.join(kept)} downsample{'s' if len(kept) == 1 else ''} through the shortcut: compress keeps {'it' if len(kept) == 1 else 'them'}"
         return line
+
+    def _kept_downsampling(self, dead: dict[str, torch.Tensor]) -> list[str]:
+        """Dead blocks whose shortcut downsamples: compress keeps them (block granularity)."""
+        if self.granularity != "block":
+            return []
+        return [t.key for t in self.targets if bool(dead[t.key].any()) and t.block.downsamples]
 
     @torch.no_grad()
     def _expanded(self, t: _Gate) -> torch.Tensor:
@@ -253,9 +255,9 @@ class SSSCallback(Callback):
     def dead_masks(self, dead: Optional[dict[str, torch.Tensor]] = None) -> Masks:
         """Masks of what is dead (see the module docstring), in the model's tensor names."""
         dead = self.dead() if dead is None else dead
-        masks: Masks = {}
         if self.granularity == "channel":
             return self._channel_masks(dead)
+        masks: Masks = {}
         for t in self.targets:
             d = dead[t.key]
             if not bool(d.any()):
@@ -332,7 +334,7 @@ class SSSCallback(Callback):
             epoch=state.epoch,
             gates={k: g.detach().cpu().clone() for k, g in self.gates.items()},
             dead=self.dead_names(dead),
-            kept_downsampling=[t.key for t in self.targets if self.granularity == "block" and bool(dead[t.key].any()) and t.block.downsamples],
+            kept_downsampling=self._kept_downsampling(dead),
         )
         self.store[RECORD_KEY] = record
 

@@ -119,11 +119,12 @@ def _is_identity(module: Optional[nn.Module]) -> bool:
 
 
 def residual_blocks(model: nn.Module) -> list[ResidualBlock]:
-    """Every registered residual block of ``model``, in module order."""
+    """Every registered residual block of ``model`` whose branch ends in an affine BatchNorm, in module order."""
     out = []
     for name, module in model.named_modules():
         layout = layout_of(module)
-        if layout is not None and isinstance(getattr(module, layout.branch_end, None), nn.modules.batchnorm._BatchNorm):
+        end = getattr(module, layout.branch_end, None) if layout is not None else None
+        if isinstance(end, nn.modules.batchnorm._BatchNorm) and end.affine:
             out.append(ResidualBlock(name, module, layout))
     return out
 
