@@ -136,6 +136,18 @@ def training_callbacks(cfg: PruneConfig, ckpt: Checkpoint, device: torch.device,
 
 
 
+def learned_mask_base(ckpt: Checkpoint, key: str, *, fresh: bool, what: str, stage: str) -> dict[str, torch.Tensor]:
+    """The masks a learned-mask stage enforces: the parent's (a fresh run) or, on resume, those
+    its callback ``key`` kept in the resume state (the file's own masks are the selection so far)."""
+    if fresh:
+        return dict(ckpt.masks)
+    stored = ((ckpt.resume or {}).get("callbacks") or {}).get(key) or {}
+    base = stored.get("base") if isinstance(stored.get("base"), dict) else None
+    if base is None:
+        raise PruneCliError(f"{ckpt.path}: its {what} resume state is missing: start the {stage} again")
+    return base
+
+
 def edgepopup_callbacks(cfg: PruneConfig, criterion, ckpt: Checkpoint, model: torch.nn.Module, spec, *, fresh: bool) -> dict[str, Any]:
     """The score stage's callback, and the masks the Trainer enforces: the parent's only.
 
@@ -146,13 +158,7 @@ def edgepopup_callbacks(cfg: PruneConfig, criterion, ckpt: Checkpoint, model: to
     from prunecli.algorithms.edgepopup import EdgePopupCallback
     from prunecli.models import example_input
 
-    if fresh:
-        base = dict(ckpt.masks)
-    else:
-        stored = ((ckpt.resume or {}).get("callbacks") or {}).get(EdgePopupCallback.key) or {}
-        base = stored.get("base") if isinstance(stored.get("base"), dict) else None
-        if base is None:
-            raise PruneCliError(f"{ckpt.path}: its edge-popup resume state is missing: start the score stage again")
+    base = learned_mask_base(ckpt, EdgePopupCallback.key, fresh=fresh, what="edge-popup", stage="score stage")
     cb = EdgePopupCallback(
         model,
         criterion,
@@ -181,13 +187,7 @@ def sss_callbacks(cfg: PruneConfig, ckpt: Checkpoint, model: torch.nn.Module, sp
     from prunecli.algorithms.sss import SSSCallback
     from prunecli.models import example_input
 
-    if fresh:
-        base = dict(ckpt.masks)
-    else:
-        stored = ((ckpt.resume or {}).get("callbacks") or {}).get(SSSCallback.key) or {}
-        base = stored.get("base") if isinstance(stored.get("base"), dict) else None
-        if base is None:
-            raise PruneCliError(f"{ckpt.path}: its sss resume state is missing: start the sss stage again")
+    base = learned_mask_base(ckpt, SSSCallback.key, fresh=fresh, what="sss", stage="sss stage")
     cb = SSSCallback(
         model,
         granularity=cfg.granularity.value,
