@@ -402,7 +402,7 @@ def test_list_methods(cli):
     r = cli("list", "methods", "--json")
     names = {d["name"] for d in json.loads(r.stdout)}
     scoring = {"l1", "l2", "geomedian", "slimming", "taylor", "lamp", "hessian", "random", "magnitude"}
-    learned = {"edgepopup"}  # learn their own mask while training, each with its own algorithm
+    learned = {"edgepopup", "sss"}  # learn their own mask while training, each with its own algorithm
     assert names == scoring | {"thinet", "cp"} | learned
     takes = {d["name"]: d["algorithms"] for d in json.loads(r.stdout)}  # which algorithms take each
     assert takes["magnitude"] == ["gradual", "iterative", "one-shot"]  # soft re-selects filters: not single weights
