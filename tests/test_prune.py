@@ -431,3 +431,13 @@ def test_li_et_al_setting_as_a_config_file(cli, tmp_path):
     assert r.code == 0, r.stderr
     c = cli("compress", r.path, "--json", "--no-latency", "-o", tmp_path / "c.pt")
     assert json.loads(c.stdout)["macs_after"] == 90907274  # 9.09e7, Li et al. Table 2
+
+
+def test_compress_of_a_never_pruned_checkpoint_writes_nothing_unless_forced(cli, tmp_path):
+    """The only saving would be the dropped optimizer state: say so rather than write a "compressed" copy."""
+    src = make_checkpoint(tmp_path / "dense.pt", "conv2", image_size=8)
+    out = tmp_path / "small.pt"
+    r = cli("compress", src, "--no-latency", "-o", out)
+    assert "nothing to remove" in one_line_error(r, 1) and not out.exists()
+    forced = cli("compress", src, "--no-latency", "--force", "-o", out)
+    assert forced.code == 0 and out.exists() and "nothing removed" in forced.stderr

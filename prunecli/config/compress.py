@@ -79,6 +79,8 @@ class CompressConfig(StageConfig):
     device: Optional[str] = option(None, help="auto, cpu, cuda or cuda:N: where latency is measured (block by block: trains; default auto).", panel=PANEL_RUN)
     latency: bool = option(True, help="Measure latency before and after.", panel=PANEL_RUN)
     repeats: int = option(10, help="Timed batches per model.", panel=PANEL_RUN, min=1)
+    # a dense file has nothing to remove: writing a copy only drops its optimizer state
+    force: bool = option(False, help="Write the output even when nothing is removed (a dense checkpoint).", panel=PANEL_OUT, negatable=False)
     # None: PyTorch's own (all cores); 1 gives steady numbers on a shared machine
     threads: Optional[int] = option(
         None, help="PyTorch threads while timing latency (default: PyTorch's, all cores; 1 is steadier on a shared machine).", panel=PANEL_RUN, min=1, max=1024

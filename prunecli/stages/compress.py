@@ -39,6 +39,10 @@ from prunecli.surgery.equivalence import difference, first_differing_unit, outpu
 from prunecli.surgery.pruner import Pruner
 
 
+class NothingToRemove(PruneCliError):
+    """``compress`` of a dense checkpoint: nothing is zero, so nothing is written (unless ``--force``)."""
+
+
 @dataclass
 class CompressReport:
     output: Path
@@ -105,6 +109,14 @@ def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport
     plan = pruner.plan_zeroed()
     notes += plan.notes
     if not plan.units and not dropped:
+        pruned = ckpt.masks or any(e.get("command") == "prune" for e in ckpt.lineage)
+        if not pruned and not cfg.force:
+            # never pruned: the only saving would be the optimizer state the file no longer carries. (A pruning
+            # run that removed nothing, e.g. SSS with no gate at zero, still writes: pipelines and recipes go on.)
+            raise NothingToRemove(
+                f"{source}: nothing to remove: it was never pruned and no channel is entirely zero (prune first, e.g. "
+                f"prunecli prune {source} --method l1 --rate 0.5); nothing written (--force writes it anyway)"
+            )
         hint = "" if ckpt.masks else f" (prune first, e.g. prunecli prune {source} --method l1 --rate 0.5)"
         notes.append(f"no channel is entirely zero: nothing removed{hint}")
     removal = pruner.remove(plan)
