@@ -503,7 +503,7 @@ def test_truncated_archive(cli, tmp_path, tiny_base):
 def test_ctrl_c_says_what_was_written(tmp_path, tiny_base):
     """Interrupted while timing (a latency run far too long to finish): nothing was written."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prunecli", "compress", str(tiny_base), "--repeats", "100000000", "-o", str(tmp_path / "c.pt")],
+        [sys.executable, "-m", "prunecli", "compress", str(tiny_base), "--force", "--repeats", "100000000", "-o", str(tmp_path / "c.pt")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
