@@ -23,6 +23,7 @@ from prunecli.config._base import (
 )
 from prunecli.config.prune import check_rate
 from prunecli.config.train import MAX_EPOCHS
+from prunecli.config.methods import canonical_method
 from prunecli.errors import OptionError
 
 
@@ -87,6 +88,8 @@ class CompressConfig(StageConfig):
     allow_nonfinite: bool = allow_nonfinite_option()
 
     def validate(self) -> None:
+        if self.method is not None:
+            self.method = canonical_method(self.method)  # fpgm -> geomedian: lineage records the registered name
         if self.batch_size is None:
             self.batch_size = 64 if self.block_by_block else 32
         if self.device is None:

@@ -19,6 +19,7 @@ from typing import Optional
 import re
 
 from prunecli.config._base import MAX_BATCH, PANEL_DATA, PANEL_OPT, PANEL_RUN, PANEL_WHAT, PANEL_WHEN, PANEL_WHERE, option
+from prunecli.config.methods import NON_CHANNEL_GRANULARITIES, canonical_method
 from prunecli.config.train import MAX_EPOCHS, FinetuneConfig
 from prunecli.errors import OptionError
 
@@ -169,9 +170,11 @@ class PruneConfig(FinetuneConfig):
 
     method: str = option("l1", help="Criterion (prunecli list methods).", panel=PANEL_WHAT, flags=("-m",))
     rate: Optional[float] = option(None, help="Fraction removed, in [0, 1).", panel=PANEL_WHAT, flags=("-r",))
-    granularity: Granularity = option(
-        Granularity.channel,
-        help="channel: output filters/neurons; weight: single weights; block, group: Sparse Structure Selection's gates (--method sss).",
+    # None: channel, or the method's only granularity when it cannot score channels (magnitude: weight)
+    granularity: Optional[Granularity] = option(
+        None,
+        help="channel: output filters/neurons; weight: single weights; block, group: Sparse Structure Selection's gates "
+        "(--method sss). Default: channel, or the method's only one (weight for magnitude).",
         panel=PANEL_WHAT,
     )
     # layer-wise is what Li et al., SFP and FPGM do; global needs comparable scores
@@ -313,6 +316,8 @@ class PruneConfig(FinetuneConfig):
     lr: Optional[float] = option(None, help="Base learning rate when training (default: 0.01; 0.1 for edgepopup's scores).", panel=PANEL_OPT, min=0.0, max=1000.0)
 
     def validate(self) -> None:
+        self.method = canonical_method(self.method)  # fpgm -> geomedian: lineage records the registered name
+        self._resolve_granularity()
         training = self.epochs > 0
         if self.device is None:
             self.device = "auto" if training else "cpu"
@@ -338,6 +343,21 @@ class PruneConfig(FinetuneConfig):
             raise OptionError("{compress} removes channels: it needs {granularity} channel")
         if self.mix_norm and self.scope is Scope.global_:
             raise OptionError("{mix_norm} selects within each layer: use {scope} layerwise")
+
+    def _resolve_granularity(self) -> None:
+        """No --granularity: channel, or the only granularity of a method that cannot score channels."""
+        if self.granularity is not None:
+            return
+        has = NON_CHANNEL_GRANULARITIES.get(self.method)
+        if has is None:
+            self.granularity = Granularity.channel
+            return
+        if len(has) > 1:
+            raise OptionError(f"{{method}} {self.method} cannot score whole channels: add {{granularity}} {' or '.join(has)}")
+        wanting = [k for k, on in (("compress", self.compress), ("target_macs", self.target_macs is not None), ("from_sensitivity", self.from_sensitivity is not None)) if on]
+        if wanting:
+            raise OptionError(f"{{method}} {self.method} prunes single weights only; {{{wanting[0]}}} needs whole channels: use a channel criterion such as l1 or l2")
+        self.granularity = Granularity(has[0])
 
     def _validate_learned(self) -> None:
         """The options of the learned-mask methods (edgepopup, sss) go with them, and they train."""

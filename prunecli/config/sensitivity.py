@@ -14,6 +14,7 @@ from typing import Optional
 
 from prunecli.config._base import MAX_BATCH, PANEL_DATA, PANEL_OUT, PANEL_RUN, PANEL_WHAT, PANEL_WHERE, StageConfig, allow_nonfinite_option, option
 from prunecli.config.prune import CountRule, Protect, StreamBN
+from prunecli.config.methods import canonical_method
 from prunecli.errors import OptionError
 
 MAX_RATES = 1000  # a bound that catches a typo such as 0:0.9:0.0001 (9,000 evaluations per layer)
@@ -108,6 +109,7 @@ class SensitivityConfig(StageConfig):
     overwrite: bool = option(False, help="Write into an existing non-empty --output folder (otherwise refused).", panel=PANEL_OUT, negatable=False)
 
     def validate(self) -> None:
+        self.method = canonical_method(self.method)  # fpgm -> geomedian: lineage records the registered name
         super().validate()
         if not self.rate_list():
             raise OptionError(f"{{rates}} {self.rates!r}: no rate above 0 to sweep")

@@ -76,6 +76,10 @@ class CalibrationBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return itertools.islice(iter(self.source), self.n)
 
+    def __len__(self) -> int:
+        """Batches one pass yields (the progress bars' total)."""
+        return min(self.n, len(self.source))
+
 
 def calibration_batches(ckpt: Checkpoint, cfg: PruneConfig, device: torch.device) -> CalibrationBatches:
     if ckpt.dataset is None and cfg.dataset is None:
