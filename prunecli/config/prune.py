@@ -169,7 +169,7 @@ class PruneConfig(FinetuneConfig):
     command = "prune"
 
     method: str = option("l1", help="Criterion (prunecli list methods).", panel=PANEL_WHAT, flags=("-m",))
-    rate: Optional[float] = option(None, help="Fraction removed, in [0, 1).", panel=PANEL_WHAT, flags=("-r",))
+    rate: Optional[float] = option(None, help="Fraction removed, in [0, 1).", panel=PANEL_WHAT, flags=("-r",), metavar="R")
     # None: channel, or the method's only granularity when it cannot score channels (magnitude: weight)
     granularity: Optional[Granularity] = option(
         None,
@@ -182,7 +182,8 @@ class PruneConfig(FinetuneConfig):
         Scope.layerwise, help="layerwise: the rate in every layer; global: one threshold over normalised scores.", panel=PANEL_WHAT
     )
     target_macs: Optional[float] = option(
-        None, help="Remove this fraction of the MACs (searches the rate on the real count).", panel=PANEL_WHAT
+        None, help="Remove this fraction of the MACs (searches the rate on the real count).", panel=PANEL_WHAT,
+        metavar="F",
     )
     mix_norm: float = option(0.0, help="FPGM-mix (geomedian): share of the rate chosen by L2 norm.", panel=PANEL_WHAT, min=0.0, max=1.0)
     # reference: each method counts as its paper's code does, so a recipe reproduces its table
@@ -192,6 +193,7 @@ class PruneConfig(FinetuneConfig):
         "l2/geomedian remove int(C*r), magnitude ceil(n*r), slimming int(N*r)+1), keep-floor, remove-floor, "
         "remove-ceil, threshold.",
         panel=PANEL_WHAT,
+        metavar="RULE",
     )
     # None: select with slimming (its paper's structure, which its numbers need), else couple
     stream_bn: Optional[StreamBN] = option(
@@ -219,7 +221,7 @@ class PruneConfig(FinetuneConfig):
         Protect.output, help="Never prune the output layer (output), the linear head (head), or nothing (none).", panel=PANEL_WHERE
     )
     round_to: int = option(1, help="Keep channel counts multiples of N.", panel=PANEL_WHERE, min=1)
-    max_layer_rate: Optional[float] = option(None, help="Cap on any one layer's rate.", panel=PANEL_WHERE)
+    max_layer_rate: Optional[float] = option(None, help="Cap on any one layer's rate.", panel=PANEL_WHERE, metavar="R")
     from_sensitivity: Optional[str] = option(
         None,
         help="Per-layer rates from a `prunecli sensitivity` sweep's sensitivity.json: each layer's largest rate within --max-drop "
@@ -229,7 +231,8 @@ class PruneConfig(FinetuneConfig):
     )
     # no default: how much accuracy a layer may cost is the user's call, not ours
     max_drop: Optional[float] = option(
-        None, help="With --from-sensitivity: the top-1 points (percent) a layer's rate may cost in the sweep.", panel=PANEL_WHERE, min=0.0, max=100.0
+        None, help="With --from-sensitivity: the top-1 points (percent) a layer's rate may cost in the sweep.", panel=PANEL_WHERE, min=0.0, max=100.0,
+        metavar="D",
     )
     # 0: one-shot, the setting of Li et al. and of every prune -> finetune pipeline
     epochs: int = option(
@@ -269,7 +272,8 @@ class PruneConfig(FinetuneConfig):
         None, help="Iterative pruning: R rounds, each removing --rate of the remaining entries, then training --epochs.", panel=PANEL_WHEN, min=1, max=1000
     )
     rewind: str = option(
-        "none", help="Before each round's training, reset survivors to their weights at init or epoch:K (saved by train --save-rewind K).", panel=PANEL_WHEN
+        "none", help="Before each round's training, reset survivors to their weights at init or epoch:K (saved by train --save-rewind K).", panel=PANEL_WHEN,
+        metavar="init|epoch:K",
     )
     # 0: prune from the first epoch. Seed 000 uses 20 with a global scope, so that a global
     # threshold cannot empty a layer while the scores are still at their initial scale
