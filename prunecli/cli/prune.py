@@ -93,3 +93,7 @@ def _print_report(r) -> None:
         con.print(f"max |masked - compressed| on the probe batch: {r.max_abs_diff:.2e}")
     for note in r.notes:
         con.print(f"note: {note}")
+    from prunecli._console import warn
+
+    for line in r.warnings:  # after the table, so that they are the last thing read
+        warn(line)

@@ -168,8 +168,17 @@ class PruneConfig(FinetuneConfig):
 
     command = "prune"
 
-    method: str = option("l1", help="Criterion (prunecli list methods).", panel=PANEL_WHAT, flags=("-m",))
-    rate: Optional[float] = option(None, help="Fraction removed, in [0, 1).", panel=PANEL_WHAT, flags=("-r",), metavar="R")
+    method: str = option(
+        "l1", help="Criterion (prunecli list methods; the names it lists as also accepted work too, e.g. fpgm).", panel=PANEL_WHAT, flags=("-m",)
+    )
+    rate: Optional[float] = option(
+        None,
+        help="Fraction removed, in [0, 1). --scope layerwise: of each layer's channels (or weights); --scope global: of all "
+        "eligible channels (or weights) together, under one threshold, a coupled group (a residual stream) counting once.",
+        panel=PANEL_WHAT,
+        flags=("-r",),
+        metavar="R",
+    )
     # None: channel, or the method's only granularity when it cannot score channels (magnitude: weight)
     granularity: Optional[Granularity] = option(
         None,
@@ -179,7 +188,10 @@ class PruneConfig(FinetuneConfig):
     )
     # layer-wise is what Li et al., SFP and FPGM do; global needs comparable scores
     scope: Scope = option(
-        Scope.layerwise, help="layerwise: the rate in every layer; global: one threshold over normalised scores.", panel=PANEL_WHAT
+        Scope.layerwise,
+        help="layerwise: every layer loses --rate of its channels; global: one threshold over all layers' normalised scores, "
+        "so layers lose different shares (prune warns when one keeps under 10%).",
+        panel=PANEL_WHAT,
     )
     target_macs: Optional[float] = option(
         None, help="Remove this fraction of the MACs (searches the rate on the real count).", panel=PANEL_WHAT,
