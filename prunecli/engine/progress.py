@@ -15,10 +15,23 @@ from typing import Any, Optional
 from prunecli._console import console
 
 
+_LIVE = [0]  # bars open now: rich draws one live display at a time, so a bar inside another is not drawn
+
+
 def shows_progress(con: Any = None) -> bool:
-    """Whether a live bar is drawn: stderr is a terminal and output is not silenced (torchrun ranks > 0)."""
+    """Whether a live bar is drawn: stderr is a terminal, output is not silenced (torchrun ranks > 0),
+    and no other bar is being drawn (a step inside a step: the outer bar already shows progress)."""
     con = con if con is not None else console()
-    return bool(con.is_terminal and not con.quiet)
+    return bool(con.is_terminal and not con.quiet and not _LIVE[0])
+
+
+@contextlib.contextmanager
+def _live():
+    _LIVE[0] += 1
+    try:
+        yield
+    finally:
+        _LIVE[0] -= 1
 
 
 class _Bar:
@@ -48,7 +61,7 @@ def epoch_bar(description: str, total_images: int):
             speed = task.finished_speed or task.speed
             return Text(f"{speed:,.0f} img/s" if speed else "", style="cyan")
 
-    with Progress(
+    with _live(), Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -76,7 +89,7 @@ def step_bar(description: str, total_steps: Optional[float], unit: str = "steps"
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    with Progress(
+    with _live(), Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
