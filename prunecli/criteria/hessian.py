@@ -11,6 +11,14 @@ The per-sample gradients are computed batched, with torch.func (``vmap`` over ``
 backward pass per sample. `empirical_fisher_loop` is the one-sample-at-a-time form, kept
 as the reference the tests compare with and as the fallback for models torch.func cannot
 vectorise (e.g. a custom autograd.Function without a vmap rule).
+
+Speed (scripts/bench_hessian.py: conv4 on digits, 8 x 64 calibration samples, 2-core CPU,
+medians of 3-5 interleaved runs): on a quiet machine the batched form takes 0.8-0.9x the
+loop's speed (1.69 s vs 1.35 s: a vmapped conv backward is a grouped convolution, no
+cheaper on a CPU than 64 small passes); on the same machine under load (load average 3.9)
+it is 2.6x faster (8.5 s vs 22.2 s), since the loop's 512 tiny passes suffer most from
+contention. The gain is expected on GPUs (one launch per chunk, not per sample); not
+measured here.
 """
 
 from __future__ import annotations
