@@ -55,6 +55,7 @@ from prunecli.config.prune import Selection
 from prunecli.criteria import Criterion
 from prunecli.criteria._reconstruct import LayerSamples, ReconstructionCriterion
 from prunecli.criteria.random import stream_seed
+from prunecli.engine.progress import step_bar
 from prunecli.errors import OptionError, PruneCliError
 from prunecli.models.layers import is_prunable
 from prunecli.surgery.plan import Plan, UnitPlan, kept_count, resolve
@@ -311,31 +312,37 @@ def reconstruct(
     try:
         todo = [(p, c) for p, c in todo if _count(p, selection) > 0]
         targets = original_targets(original, [c for _, c in todo], inputs, samples_per_image=method.samples_per_image, seed=method.seed)
-        for p, consumer in todo:
-            n_remove = _count(p, selection)
-            samples = layer_samples(model, consumer, inputs, targets.pop(consumer.name))
-            n_keep = p.size - n_remove
-            kept = method.choose(samples, n_keep).cpu()
-            if len(kept) != n_keep:
-                raise PruneCliError(f"{method.name} kept {len(kept)} channels of {p.unit.root}, not {n_keep}")
-            new = method.refit(samples, kept)
-            everything = torch.arange(p.size)
-            if report is not None:
-                report.append(
-                    LayerReport(
-                        unit=p.unit.root,
-                        consumer=consumer.name,
-                        kept=n_keep,
-                        channels=p.size,
-                        error_dense=samples.relative_error(everything),
-                        error_pruned=samples.relative_error(kept),
-                        error_reconstructed=samples.relative_error(kept, new),
+        # minutes for a large network on a CPU: a bar over the layers, naming the one at work
+        with step_bar(f"{method.name}: reconstructing", len(todo), unit="layers") as bar:
+            for p, consumer in todo:
+                if bar is not None:
+                    bar.advance(0, description=f"{method.name}: reconstructing {p.unit.root}")
+                n_remove = _count(p, selection)
+                samples = layer_samples(model, consumer, inputs, targets.pop(consumer.name))
+                n_keep = p.size - n_remove
+                kept = method.choose(samples, n_keep).cpu()
+                if len(kept) != n_keep:
+                    raise PruneCliError(f"{method.name} kept {len(kept)} channels of {p.unit.root}, not {n_keep}")
+                new = method.refit(samples, kept)
+                everything = torch.arange(p.size)
+                if report is not None:
+                    report.append(
+                        LayerReport(
+                            unit=p.unit.root,
+                            consumer=consumer.name,
+                            kept=n_keep,
+                            channels=p.size,
+                            error_dense=samples.relative_error(everything),
+                            error_pruned=samples.relative_error(kept),
+                            error_reconstructed=samples.relative_error(kept, new),
+                        )
                     )
-                )
-            _write(consumer, kept, new)
-            gone = torch.ones(p.size, dtype=torch.bool)
-            gone[kept] = False
-            p.prune = torch.nonzero(gone).flatten()
+                _write(consumer, kept, new)
+                gone = torch.ones(p.size, dtype=torch.bool)
+                gone[kept] = False
+                p.prune = torch.nonzero(gone).flatten()
+                if bar is not None:
+                    bar.advance(1)
     finally:
         for m, training in modes:
             m.training = training

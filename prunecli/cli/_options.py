@@ -56,8 +56,20 @@ def _default(spec: OptionSpec) -> Any:
     return spec.default
 
 
+def _help(spec: OptionSpec) -> str:
+    """The option's help; a closed choice whose placeholder does not show its values lists them."""
+    text = spec.opt.help
+    if spec.kind is Kind.ENUM and spec.metavar != "|".join(str(m.value) for m in spec.choices):
+        values = [str(m.value) for m in spec.choices]
+        if not all(v in text for v in values):
+            text = f"{text} One of: {', '.join(values)}."
+    if spec.kind in (Kind.STRS, Kind.KEY_VALUES, Kind.PATTERN_RATES) and "repeat" not in text:
+        text = f"{text} (repeatable)"
+    return text
+
+
 def _parameter(spec: OptionSpec) -> inspect.Parameter:
-    info = typer.Option(*_flags(spec), help=spec.opt.help, rich_help_panel=spec.opt.panel, min=spec.opt.min, max=spec.opt.max)
+    info = typer.Option(*_flags(spec), help=_help(spec), rich_help_panel=spec.opt.panel, min=spec.opt.min, max=spec.opt.max, metavar=spec.metavar)
     return inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=_default(spec), annotation=Annotated[_annotation(spec), info])
 
 

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from prunecli import __version__
+from prunecli.cli._help import HelpCommand, HelpGroup
 from prunecli.cli.compress import compress
 from prunecli.cli.evaluate import evaluate
 from prunecli.cli.finetune import finetune
@@ -21,6 +22,7 @@ from prunecli.cli.train import train
 
 app = typer.Typer(
     name="prunecli",
+    cls=HelpGroup,  # help that fits 80 columns (prunecli.cli._help)
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -48,16 +50,16 @@ def _root(
     """
 
 
-app.command("train")(train)
-app.command("prune")(prune)
-app.command("compress")(compress)
-app.command("finetune")(finetune)
-app.command("evaluate")(evaluate)
-app.command("sensitivity")(sensitivity)
-app.command("info")(info)
-app.command("list")(list_)
+app.command("train", cls=HelpCommand)(train)
+app.command("prune", cls=HelpCommand)(prune)
+app.command("compress", cls=HelpCommand)(compress)
+app.command("finetune", cls=HelpCommand)(finetune)
+app.command("evaluate", cls=HelpCommand)(evaluate)
+app.command("sensitivity", cls=HelpCommand)(sensitivity)
+app.command("info", cls=HelpCommand)(info)
+app.command("list", cls=HelpCommand)(list_)
 app.add_typer(recipe_app, name="recipe")
-app.command("plot")(plot)
+app.command("plot", cls=HelpCommand)(plot)
 
 
 def _error(message: str, code: int) -> "NoReturn":  # noqa: F821
@@ -102,6 +104,7 @@ def _run(command, argv: Optional[list[str]], debug: bool) -> None:
     from typer.exceptions import TyperException
 
     from prunecli import _signals
+    from prunecli.cli._help import usage_error_message
     from prunecli.config import flag_for
     from prunecli.errors import OptionError, PruneCliError
 
@@ -120,7 +123,8 @@ def _run(command, argv: Optional[list[str]], debug: bool) -> None:
         code = getattr(e, "exit_code", 1) or 1
         ctx = getattr(e, "ctx", None)
         where = f" (see '{ctx.command_path} --help')" if code == 2 and ctx is not None else ""
-        _error(f"{e.format_message()}{where}", code)
+        words = usage_error_message(e)  # a bad or missing value, said in words
+        _error(f"{words or e.format_message()}{where}", code)
     except typer.Abort:
         _interrupted()
     except OptionError as e:  # library errors name config keys; a user of the CLI knows flags

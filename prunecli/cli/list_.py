@@ -22,7 +22,7 @@ class What(str, enum.Enum):
 def _criteria_rows() -> list[dict]:
     """Criteria (what scores a structure), each with the algorithms that take it."""
     from prunecli.algorithms import get_algorithm, list_algorithms
-    from prunecli.criteria import criterion_class, criterion_description, get_criterion, hyperparameters, list_criteria
+    from prunecli.criteria import criterion_aliases, criterion_class, criterion_description, get_criterion, hyperparameters, list_criteria
 
     rows = []
     for name in list_criteria():
@@ -30,6 +30,7 @@ def _criteria_rows() -> list[dict]:
         rows.append(
             {
                 "name": name,
+                "aliases": criterion_aliases(name),  # other names --method accepts (fpgm for geomedian)
                 "description": criterion_description(name),
                 "granularities": list(cls.granularities),
                 "needs_data": cls.needs_data,
@@ -81,6 +82,20 @@ def list_(ctx: typer.Context, what: Annotated[What, typer.Argument(help="What to
     _print_rows(rows, what)
 
 
+def _print_aliases(out, rows: list[dict]) -> None:
+    """The other names --method accepts, one criterion a line (a table column would cut them at 80 columns)."""
+    from rich.markup import escape
+
+    named = [r for r in rows if r["aliases"]]
+    if not named:
+        return
+    out.print("also accepted by --method (any case; _ or space for -):")
+    width = max(len(", ".join(r["aliases"])) for r in named)
+    for r in named:
+        out.print(f"  {escape(', '.join(r['aliases'])):{width}}  = [bold]{escape(r['name'])}[/bold]", soft_wrap=True)
+    out.print()
+
+
 def _print_rows(rows: list[dict], what: What) -> None:
     import sys
 
@@ -106,6 +121,7 @@ def _print_rows(rows: list[dict], what: What) -> None:
             criteria.add_row(r["name"], ", ".join(r["granularities"]), "yes" if r["needs_data"] else "", flags, r["description"])
         out.print(criteria)
         out.print()
+        _print_aliases(out, rows)
         rows = _algorithm_rows()
     algorithms = Table(title="algorithms: when and how pruning happens", title_justify="left", show_edge=False, pad_edge=False)
     for col in ("name", "criteria it takes", "while training", "what"):

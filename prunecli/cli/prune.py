@@ -46,6 +46,7 @@ def prune(
     if checkpoint is None:
         raise UsageError("prune: give a CHECKPOINT to prune (or --resume a pruning run)")
     cfg = config_from(ctx, PruneConfig, options)
+    _say_granularity(cfg, given)
     source = input_checkpoint(checkpoint)
     output = output_next_to(source, "compressed" if cfg.compress else "pruned", cfg.output)
     if cfg.training:  # the per-epoch log says it all
@@ -54,6 +55,15 @@ def prune(
     report = prune_checkpoint(source, cfg, output=output)
     _print_report(report)
     emit_path(report.output)
+
+
+def _say_granularity(cfg: PruneConfig, given: dict) -> None:
+    """One log line when the method's only granularity was picked for the user (magnitude: weight)."""
+    from prunecli._console import log
+    from prunecli.config.methods import NON_CHANNEL_GRANULARITIES
+
+    if "granularity" not in given and cfg.method in NON_CHANNEL_GRANULARITIES:
+        log(f"{cfg.method} scores single weights only: pruning at --granularity {cfg.granularity.value}")
 
 
 def _print_report(r) -> None:
@@ -83,3 +93,7 @@ def _print_report(r) -> None:
         con.print(f"max |masked - compressed| on the probe batch: {r.max_abs_diff:.2e}")
     for note in r.notes:
         con.print(f"note: {note}")
+    from prunecli._console import warn
+
+    for line in r.warnings:  # after the table, so that they are the last thing read
+        warn(line)

@@ -8,23 +8,25 @@ from typing import Annotated, Optional
 import typer
 
 from prunecli.cli._common import emit_json
+from prunecli.cli._help import HelpCommand, HelpGroup
 
 recipe_app = typer.Typer(
     name="recipe",
+    cls=HelpGroup,
     no_args_is_help=True,
     help="Reproduce a paper setting from one YAML file: run it, check it, list the shipped ones.",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 _RECIPE = Annotated[str, typer.Argument(help="A recipe file, or the name of a shipped one (prunecli recipe list).", show_default=False)]
-_SETS = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe variable: KEY=VALUE (repeatable).")]
+_SETS = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe variable: KEY=VALUE (repeatable).", metavar="KEY=VALUE")]
 
 
 def _default_run_dir(recipe) -> Path:
     return Path("runs") / "recipes" / recipe.name.replace("/", "_")
 
 
-@recipe_app.command("run")
+@recipe_app.command("run", cls=HelpCommand)
 def run(
     recipe: _RECIPE,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Run directory (default: runs/recipes/NAME).")] = None,
@@ -62,7 +64,7 @@ def run(
     emit_path(run_dir)
 
 
-@recipe_app.command("check")
+@recipe_app.command("check", cls=HelpCommand)
 def check(recipe: _RECIPE, sets: _SETS = None) -> None:
     """Validate a recipe, show its stages, and compute its architecture-only numbers on random weights.
 
@@ -91,7 +93,7 @@ def check(recipe: _RECIPE, sets: _SETS = None) -> None:
         raise PruneCliError(f"{r.path}: {len(outside)} architecture-only expectation(s) outside tolerance: {names}")
 
 
-@recipe_app.command("list")
+@recipe_app.command("list", cls=HelpCommand)
 def list_recipes(json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of a table.")] = False) -> None:
     """The shipped recipes: paper, setting and expected numbers."""
     from rich.table import Table

@@ -40,6 +40,11 @@ MAX_BATCH = 1_000_000  # a bound that catches a typo; no GPU holds a million ima
 # options renamed since a release: an old config file gets the new name in its error
 RENAMED = {"warmup-epochs": "lr-warmup-epochs"}  # prune --warmup-epochs is now the learned-score warm-up
 
+# a closed choice whose values, joined by |, are longer than this shows NAME in --help (and lists them in the help text)
+MAX_INLINE_CHOICES = 32
+# placeholders of options that several commands share, so each config need not repeat them
+KEY_METAVARS = {"device": "DEVICE", "data": "DIR"}
+
 PANEL_DATA = "Data"
 PANEL_MODEL = "Model"
 PANEL_OPT = "Optimisation"
@@ -63,6 +68,7 @@ class Opt:
     max: Optional[float] = None
     negatable: bool = True  # booleans: --x/--no-x; False: a plain --x switch
     path: bool = False  # a file or folder (the value is kept as a string)
+    metavar: Optional[str] = None  # the value's placeholder in --help; None: derived from the kind (`OptionSpec.metavar`)
 
 
 def option(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **opt: Any) -> Any:
@@ -108,6 +114,32 @@ class OptionSpec:
         if self.field.default_factory is not dataclasses.MISSING:
             return self.field.default_factory()
         return None
+
+    @property
+    def metavar(self) -> Optional[str]:
+        """The value's placeholder in ``--help`` (``N``, ``R``, ``FILE``, ``PATTERN=RATE``); None for a switch.
+
+        Derived from the kind unless the option names its own: an integer is N, a number
+        bounded to [0, 1] a fraction R, any other number X, a path FILE, a list of numbers
+        N1,N2,... or R1,R2,..., a closed choice its values (when they fit) or NAME.
+        """
+        if self.opt.metavar is not None:
+            return self.opt.metavar
+        kind = self.kind
+        if kind is Kind.BOOL:
+            return None
+        if kind is Kind.INT:
+            return "N"
+        if kind is Kind.FLOAT:
+            return "R" if self.opt.max is not None and self.opt.max <= 1 else "X"
+        if kind is Kind.STR:
+            if self.key in KEY_METAVARS:
+                return KEY_METAVARS[self.key]
+            return "FILE" if self.opt.path else "NAME"
+        if kind is Kind.ENUM:
+            values = "|".join(str(m.value) for m in self.choices)
+            return values if len(values) <= MAX_INLINE_CHOICES else "NAME"
+        return {Kind.INTS: "N1,N2,...", Kind.FLOATS: "R1,R2,...", Kind.STRS: "PATTERN", Kind.KEY_VALUES: "KEY=VALUE", Kind.PATTERN_RATES: "PATTERN=RATE"}[kind]
 
     def describe(self) -> str:
         if self.kind is Kind.ENUM:

@@ -23,6 +23,7 @@ from prunecli.config._base import (
 )
 from prunecli.config.prune import check_rate
 from prunecli.config.train import MAX_EPOCHS
+from prunecli.config.methods import canonical_method
 from prunecli.errors import OptionError
 
 
@@ -39,12 +40,13 @@ class CompressConfig(StageConfig):
         negatable=False,
     )
     method: Optional[str] = option(None, help="Block by block: a criterion (prunecli list methods) or sensitivity (the Sensitivity Pruner).", panel=PANEL_BLOCKS, flags=("-m",))
-    rate: Optional[float] = option(None, help="Block by block: fraction of each block's channels removed, in [0, 1).", panel=PANEL_BLOCKS, flags=("-r",))
-    scope: str = option("layerwise", help="Block by block: layerwise (the rate in every layer) or global (one threshold per block).", panel=PANEL_BLOCKS)
+    rate: Optional[float] = option(None, help="Block by block: fraction of each block's channels removed, in [0, 1).", panel=PANEL_BLOCKS, flags=("-r",), metavar="R")
+    scope: str = option("layerwise", help="Block by block: layerwise (the rate in every layer) or global (one threshold per block).", panel=PANEL_BLOCKS, metavar="layerwise|global")
     units: str = option(
         "auto",
         help="Blocks: auto (ResNet/MobileNetV2 stages, VGG layers, else top-level children), stages, blocks, layers, or GLOB,GLOB,...",
         panel=PANEL_BLOCKS,
+        metavar="UNITS",
     )
     # the Sensitivity Pruner (--method sensitivity): its strategy trains this long on each block (the reference: 8)
     unit_epochs: int = option(0, help="Block by block, --method sensitivity: epochs of strategy training per block.", panel=PANEL_BLOCKS, min=0, max=MAX_EPOCHS)
@@ -55,6 +57,7 @@ class CompressConfig(StageConfig):
         "reinit",
         help="--method sensitivity: SNIP on a freshly re-initialised copy of the starting architecture every batch (reinit, the reference) or on the current network.",
         panel=PANEL_BLOCKS,
+        metavar="reinit|current",
     )
     unit_finetune_epochs: int = option(0, help="Block by block: epochs of training after each block's removal.", panel=PANEL_BLOCKS, min=0, max=MAX_EPOCHS)
     # the Sensitivity Pruner's fine-tuning of a unit: SGD lr 1e-3, momentum 0.9, wd 5e-4, x0.1 at half the epochs
@@ -93,6 +96,8 @@ class CompressConfig(StageConfig):
     allow_nonfinite: bool = allow_nonfinite_option()
 
     def validate(self) -> None:
+        if self.method is not None:
+            self.method = canonical_method(self.method)  # fpgm -> geomedian: lineage records the registered name
         if self.batch_size is None:
             self.batch_size = 64 if self.block_by_block else 32
         if self.device is None:

@@ -19,6 +19,7 @@ from typing import Optional
 import re
 
 from prunecli.config._base import MAX_BATCH, PANEL_DATA, PANEL_OPT, PANEL_RUN, PANEL_WHAT, PANEL_WHEN, PANEL_WHERE, option
+from prunecli.config.methods import NON_CHANNEL_GRANULARITIES, canonical_method
 from prunecli.config.train import MAX_EPOCHS, FinetuneConfig
 from prunecli.errors import OptionError
 
@@ -167,20 +168,34 @@ class PruneConfig(FinetuneConfig):
 
     command = "prune"
 
-    method: str = option("l1", help="Criterion (prunecli list methods).", panel=PANEL_WHAT, flags=("-m",))
-    rate: Optional[float] = option(None, help="Fraction removed, in [0, 1).", panel=PANEL_WHAT, flags=("-r",))
-    granularity: Granularity = option(
-        Granularity.channel,
+    method: str = option(
+        "l1", help="Criterion (prunecli list methods; the names it lists as also accepted work too, e.g. fpgm).", panel=PANEL_WHAT, flags=("-m",)
+    )
+    rate: Optional[float] = option(
+        None,
+        help="Fraction removed, in [0, 1). --scope layerwise: of each layer's channels (or weights); --scope global: of all "
+        "eligible channels (or weights) together, under one threshold, a coupled group (a residual stream) counting once.",
+        panel=PANEL_WHAT,
+        flags=("-r",),
+        metavar="R",
+    )
+    # None: channel, or the method's only granularity when it cannot score channels (magnitude: weight)
+    granularity: Optional[Granularity] = option(
+        None,
         help="channel: output filters/neurons; weight: single weights; block, group: Sparse Structure Selection's gates "
-        "(--method sss, which also gates channels).",
+        "(--method sss). Default: channel, or the method's only one (weight for magnitude).",
         panel=PANEL_WHAT,
     )
     # layer-wise is what Li et al., SFP and FPGM do; global needs comparable scores
     scope: Scope = option(
-        Scope.layerwise, help="layerwise: the rate in every layer; global: one threshold over normalised scores.", panel=PANEL_WHAT
+        Scope.layerwise,
+        help="layerwise: every layer loses --rate of its channels; global: one threshold over all layers' normalised scores, "
+        "so layers lose different shares (prune warns when one keeps under 10%).",
+        panel=PANEL_WHAT,
     )
     target_macs: Optional[float] = option(
-        None, help="Remove this fraction of the MACs (searches the rate on the real count).", panel=PANEL_WHAT
+        None, help="Remove this fraction of the MACs (searches the rate on the real count).", panel=PANEL_WHAT,
+        metavar="F",
     )
     mix_norm: float = option(0.0, help="FPGM-mix (geomedian): share of the rate chosen by L2 norm.", panel=PANEL_WHAT, min=0.0, max=1.0)
     # reference: each method counts as its paper's code does, so a recipe reproduces its table
@@ -190,6 +205,7 @@ class PruneConfig(FinetuneConfig):
         "l2/geomedian remove int(C*r), magnitude ceil(n*r), slimming int(N*r)+1), keep-floor, remove-floor, "
         "remove-ceil, threshold.",
         panel=PANEL_WHAT,
+        metavar="RULE",
     )
     # None: select with slimming (its paper's structure, which its numbers need), else couple
     stream_bn: Optional[StreamBN] = option(
@@ -217,7 +233,7 @@ class PruneConfig(FinetuneConfig):
         Protect.output, help="Never prune the output layer (output), the linear head (head), or nothing (none).", panel=PANEL_WHERE
     )
     round_to: int = option(1, help="Keep channel counts multiples of N.", panel=PANEL_WHERE, min=1)
-    max_layer_rate: Optional[float] = option(None, help="Cap on any one layer's rate.", panel=PANEL_WHERE)
+    max_layer_rate: Optional[float] = option(None, help="Cap on any one layer's rate.", panel=PANEL_WHERE, metavar="R")
     from_sensitivity: Optional[str] = option(
         None,
         help="Per-layer rates from a `prunecli sensitivity` sweep's sensitivity.json: each layer's largest rate within --max-drop "
@@ -227,7 +243,8 @@ class PruneConfig(FinetuneConfig):
     )
     # no default: how much accuracy a layer may cost is the user's call, not ours
     max_drop: Optional[float] = option(
-        None, help="With --from-sensitivity: the top-1 points (percent) a layer's rate may cost in the sweep.", panel=PANEL_WHERE, min=0.0, max=100.0
+        None, help="With --from-sensitivity: the top-1 points (percent) a layer's rate may cost in the sweep.", panel=PANEL_WHERE, min=0.0, max=100.0,
+        metavar="D",
     )
     # 0: one-shot, the setting of Li et al. and of every prune -> finetune pipeline
     epochs: int = option(
@@ -267,7 +284,8 @@ class PruneConfig(FinetuneConfig):
         None, help="Iterative pruning: R rounds, each removing --rate of the remaining entries, then training --epochs.", panel=PANEL_WHEN, min=1, max=1000
     )
     rewind: str = option(
-        "none", help="Before each round's training, reset survivors to their weights at init or epoch:K (saved by train --save-rewind K).", panel=PANEL_WHEN
+        "none", help="Before each round's training, reset survivors to their weights at init or epoch:K (saved by train --save-rewind K).", panel=PANEL_WHEN,
+        metavar="init|epoch:K",
     )
     # 0: prune from the first epoch. Seed 000 uses 20 with a global scope, so that a global
     # threshold cannot empty a layer while the scores are still at their initial scale
@@ -314,6 +332,8 @@ class PruneConfig(FinetuneConfig):
     lr: Optional[float] = option(None, help="Base learning rate when training (default: 0.01; 0.1 for edgepopup's scores).", panel=PANEL_OPT, min=0.0, max=1000.0)
 
     def validate(self) -> None:
+        self.method = canonical_method(self.method)  # fpgm -> geomedian: lineage records the registered name
+        self._resolve_granularity()
         training = self.epochs > 0
         if self.device is None:
             self.device = "auto" if training else "cpu"
@@ -339,6 +359,24 @@ class PruneConfig(FinetuneConfig):
             raise OptionError("{compress} removes channels: it needs {granularity} channel")
         if self.mix_norm and self.scope is Scope.global_:
             raise OptionError("{mix_norm} selects within each layer: use {scope} layerwise")
+
+    def _resolve_granularity(self) -> None:
+        """No --granularity: channel, or the only granularity of a method that cannot score channels."""
+        if self.granularity is not None:
+            return
+        if LEARNED_METHODS.get(self.method) == "sss":  # the paper's main setting: depth selection, one gate per block
+            self.granularity = Granularity.block
+            return
+        has = NON_CHANNEL_GRANULARITIES.get(self.method)
+        if has is None:
+            self.granularity = Granularity.channel
+            return
+        if len(has) > 1:
+            raise OptionError(f"{{method}} {self.method} cannot score whole channels: add {{granularity}} {' or '.join(has)}")
+        wanting = [k for k, on in (("compress", self.compress), ("target_macs", self.target_macs is not None), ("from_sensitivity", self.from_sensitivity is not None)) if on]
+        if wanting:
+            raise OptionError(f"{{method}} {self.method} prunes single weights only; {{{wanting[0]}}} needs whole channels: use a channel criterion such as l1 or l2")
+        self.granularity = Granularity(has[0])
 
     def _validate_learned(self) -> None:
         """The options of the learned-mask methods (edgepopup, sss) go with them, and they train."""

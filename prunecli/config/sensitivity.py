@@ -14,6 +14,7 @@ from typing import Optional
 
 from prunecli.config._base import MAX_BATCH, PANEL_DATA, PANEL_OUT, PANEL_RUN, PANEL_WHAT, PANEL_WHERE, StageConfig, allow_nonfinite_option, option
 from prunecli.config.prune import CountRule, Protect, StreamBN
+from prunecli.config.methods import canonical_method
 from prunecli.errors import OptionError
 
 MAX_RATES = 1000  # a bound that catches a typo such as 0:0.9:0.0001 (9,000 evaluations per layer)
@@ -62,7 +63,7 @@ class SensitivityConfig(StageConfig):
 
     method: str = option("l1", help="Criterion that picks each layer's channels (prunecli list methods).", panel=PANEL_WHAT, flags=("-m",))
     # Distiller's and SparseML's default sweep: 10% steps up to 90%
-    rates: str = option("0.1:0.9:0.1", help="Rates to try: START:STOP:STEP (STOP included) or R1,R2,...; rate 0 is the baseline row.", panel=PANEL_WHAT)
+    rates: str = option("0.1:0.9:0.1", help="Rates to try: START:STOP:STEP (STOP included) or R1,R2,...; rate 0 is the baseline row.", panel=PANEL_WHAT, metavar="RATES")
     # the same meaning as in prune, so a swept rate is the rate prune --layer-rate applies
     count_rule: CountRule = option(
         CountRule.reference, help="How many a rate removes (as prune: reference, keep-floor, remove-floor, remove-ceil, threshold).", panel=PANEL_WHAT
@@ -104,10 +105,12 @@ class SensitivityConfig(StageConfig):
         panel=PANEL_OUT,
         flags=("-o",),
         path=True,
+        metavar="DIR",
     )
     overwrite: bool = option(False, help="Write into an existing non-empty --output folder (otherwise refused).", panel=PANEL_OUT, negatable=False)
 
     def validate(self) -> None:
+        self.method = canonical_method(self.method)  # fpgm -> geomedian: lineage records the registered name
         super().validate()
         if not self.rate_list():
             raise OptionError(f"{{rates}} {self.rates!r}: no rate above 0 to sweep")

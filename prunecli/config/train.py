@@ -90,7 +90,7 @@ class TrainingOptions(StageConfig):
     seed: int = option(0, help="Seed of every random choice; on CPU a run is reproducible.", panel=PANEL_RUN, min=0, max=MAX_SEED)
     # 0: off. The paper uses 1e-4 for VGG and 1e-5 for ResNet-164 / DenseNet-40
     sparsity_bn: float = option(
-        0.0, help="Network Slimming: L1 penalty LAMBDA on every BatchNorm scale (adds LAMBDA*sign(gamma) to its gradient).", panel=PANEL_OPT, min=0.0, max=1.0
+        0.0, help="Network Slimming: L1 penalty LAMBDA on every BatchNorm scale (adds LAMBDA*sign(gamma) to its gradient).", panel=PANEL_OPT, min=0.0, max=1.0, metavar="LAMBDA"
     )
     # None: the whole training split; a smoke run of a recipe trains one batch per epoch
     steps_per_epoch: Optional[int] = option(

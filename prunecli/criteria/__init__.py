@@ -8,6 +8,7 @@ algorithm's business (prunecli.algorithms).
 
 from prunecli.criteria._registry import (
     Criterion,
+    criterion_aliases,
     criterion_class,
     criterion_description,
     get_criterion,
@@ -18,6 +19,7 @@ from prunecli.criteria._registry import (
 
 __all__ = [
     "Criterion",
+    "criterion_aliases",
     "criterion_class",
     "criterion_description",
     "get_criterion",

@@ -3,7 +3,8 @@
 A *criterion* scores structures; *when* and *how* pruning happens is an algorithm's
 business (prunecli.algorithms). A criterion module holds one `Criterion` subclass whose
 docstring opens with the paper (title, venue, arXiv id) and registers it with
-``@register_criterion("name")``. Hyper-parameters are constructor arguments, validated
+``@register_criterion("name")``; the names users also type for it (fpgm for geomedian)
+are listed in prunecli.config.methods and accepted everywhere a name is. Hyper-parameters are constructor arguments, validated
 there: ``get_criterion("geomedian", mix_norm=0.1)``.
 
 Contract (units are Torch-Pruning dependency groups, see prunecli.surgery.units.Unit):
@@ -41,15 +42,21 @@ from typing import Any, Iterable, Optional
 import torch
 
 from prunecli._registry import Registry
+from prunecli.config.methods import METHOD_ALIASES, canonical_method
 from prunecli.errors import OptionError, PruneCliError
 
 _CRITERIA: Registry[type["Criterion"]] = Registry("method")
 
 
 def register_criterion(name: str):
+    """Register a Criterion class as ``name``, with the aliases prunecli.config.methods lists for it."""
+
     def wrap(cls):
         cls.name = name
-        return _CRITERIA.register(name, cls)
+        _CRITERIA.register(name, cls)
+        for alias in METHOD_ALIASES.get(name, ()):
+            _CRITERIA.alias(alias, name)
+        return cls
 
     return wrap
 
@@ -61,7 +68,13 @@ def list_criteria() -> list[str]:
 
 def criterion_class(name: str) -> type["Criterion"]:
     _import_criteria()
-    return _CRITERIA.get(name)
+    return _CRITERIA.get(canonical_method(name))
+
+
+def criterion_aliases(name: str) -> list[str]:
+    """The other names ``--method`` accepts for the criterion ``name`` (fpgm for geomedian)."""
+    _import_criteria()
+    return _CRITERIA.aliases(_CRITERIA.canonical(canonical_method(name)))
 
 
 def hyperparameters(cls: type["Criterion"]) -> list[str]:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from prunecli.criteria._registry import Batches, Criterion, register_criterion, require_calibration
+from prunecli.engine.progress import batches_bar
 from prunecli.errors import PruneCliError
 from prunecli.criteria.norm import output_filters
 from prunecli.models.layers import is_prunable
@@ -111,8 +112,9 @@ class Taylor(Criterion):
         channels = {u.root: torch.zeros(u.channels, dtype=torch.float64) for u in units}
         weights: dict[str, torch.Tensor] = {}
         batches = 0
-        with gradient_pass(model) as named:
-            for inputs, labels in require_calibration(calibration, self.name):
+        calibration = require_calibration(calibration, self.name)
+        with gradient_pass(model) as named, batches_bar("taylor: gradients", calibration) as bar:
+            for inputs, labels in calibration:
                 grads = parameter_grads(model, named, inputs, labels)
                 for u in units:
                     channels[u.root] += per_channel_sum(u, lambda n, p: grads[n] * p).pow(2)
@@ -120,6 +122,8 @@ class Taylor(Criterion):
                     gw2 = (grads[n] * p.detach()).pow(2)
                     weights[n] = weights[n] + gw2 if n in weights else gw2
                 batches += 1
+                if bar is not None:
+                    bar.advance(1)
         if batches == 0:
             raise PruneCliError(f"{self.name}: the calibration data is empty")
         self._channels = {root: s / batches for root, s in channels.items()}

@@ -125,24 +125,32 @@ def evaluate(
     device: torch.device,
     amp_dtype: Optional[torch.dtype] = None,
     dist_info: DistInfo = DistInfo(),
+    description: str = "evaluating",
 ) -> EvalResult:
+    """Loss, top-1 and top-5 over ``batches``, under a progress bar on a terminal (the test
+    set of a large model takes minutes on a CPU)."""
+    from prunecli.engine.progress import batches_bar
+
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     top1 = torch.zeros((), dtype=torch.int64, device=device)
     top5 = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
-    for x, y in batches:
-        with autocast(device, amp_dtype):
-            out = model(x)
-        out = out.float()
-        loss_sum += F.cross_entropy(out, y, reduction="sum").double()
-        k = min(5, out.shape[1])
-        pred = out.topk(k, dim=1).indices
-        hit = pred == y[:, None]
-        top1 += hit[:, 0].sum()
-        top5 += hit.any(dim=1).sum()
-        seen += y.shape[0]
+    with batches_bar(description, batches) as bar:
+        for x, y in batches:
+            with autocast(device, amp_dtype):
+                out = model(x)
+            out = out.float()
+            loss_sum += F.cross_entropy(out, y, reduction="sum").double()
+            k = min(5, out.shape[1])
+            pred = out.topk(k, dim=1).indices
+            hit = pred == y[:, None]
+            top1 += hit[:, 0].sum()
+            top5 += hit.any(dim=1).sum()
+            seen += y.shape[0]
+            if bar is not None:
+                bar.advance(1)
     model.train(was_training)
     loss_total, t1, t5, n = all_reduce_sum(
         [loss_sum.item(), float(top1.item()), float(top5.item()), float(seen)], device, dist_info

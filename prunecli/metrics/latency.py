@@ -28,6 +28,8 @@ import torch
 # IQR / median above this: the runs disagree too much for a ratio of medians to mean much
 WIDE_SPREAD = 0.25
 
+from prunecli.engine.progress import step_bar
+
 
 @dataclass(frozen=True)
 class Latency:
@@ -170,16 +172,20 @@ def _measure(models, input_shape, batch_size, device, warmup, repeats, max_secon
                 models[i](inputs[f])
         _sync(device)
         started = time.perf_counter()
-        for r in range(repeats):
-            for i, f in variants:
-                models[i].to(memory_format=_FORMATS[f])
-                _sync(device)
-                t0 = time.perf_counter()
-                models[i](inputs[f])
-                _sync(device)
-                samples[(i, f)].append((time.perf_counter() - t0) * 1000.0)
-            if r >= 4 and time.perf_counter() - started > max_seconds:
-                break
+        # a large model's repeats take up to max_seconds (20 s) on a CPU: a bar on a terminal
+        with step_bar("timing latency", repeats * len(variants), unit="passes") as bar:
+            for r in range(repeats):
+                for i, f in variants:
+                    models[i].to(memory_format=_FORMATS[f])
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    models[i](inputs[f])
+                    _sync(device)
+                    samples[(i, f)].append((time.perf_counter() - t0) * 1000.0)
+                    if bar is not None:
+                        bar.advance(1)
+                if r >= 4 and time.perf_counter() - started > max_seconds:
+                    break
     finally:
         for m, (training, dev) in zip(models, states):
             m.to(memory_format=torch.contiguous_format).to(dev).train(training)

@@ -51,6 +51,7 @@ class PruneReport:
     notes: list[str] = field(default_factory=list)
     compressed: bool = False
     max_abs_diff: Optional[float] = None  # --compress: masked vs compressed, when comparable
+    warnings: list[str] = field(default_factory=list)  # results the options probably did not mean (`surprises`)
 
 
 def criterion_for(cfg: PruneConfig) -> Criterion:
@@ -75,6 +76,10 @@ class CalibrationBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return itertools.islice(iter(self.source), self.n)
+
+    def __len__(self) -> int:
+        """Batches one pass yields (the progress bars' total)."""
+        return min(self.n, len(self.source))
 
 
 def calibration_batches(ckpt: Checkpoint, cfg: PruneConfig, device: torch.device) -> CalibrationBatches:
@@ -239,6 +244,7 @@ def _prune(source: Path, cfg: PruneConfig, output: Path, criterion: Criterion, a
         out = derive(ckpt, "prune", options, state_dict=model.state_dict(), masks=combined, metrics=metrics, extra=extra)
     save_checkpoint(out, output)
     return PruneReport(
+        warnings=surprises(plan, cfg, before.params, after.params),
         output=output,
         method=cfg.method,
         granularity=cfg.granularity.value,
@@ -253,6 +259,58 @@ def _prune(source: Path, cfg: PruneConfig, output: Path, criterion: Criterion, a
         compressed=cfg.compress,
         max_abs_diff=diff,
     )
+
+
+# a layer left with less than this share of its channels (or weights) is worth a warning ...
+THIN_LAYER = 0.10
+
+
+def surprises(plan: Plan, cfg: PruneConfig, params_before: int, params_after: int) -> list[str]:
+    """One line for each way the result is far from what the rate suggests (prune prints them as warnings).
+
+    * A layer keeps less than 10% of its channels (or weights) though less than 90% was
+      asked of it: under ``--scope global`` one threshold over all channels can strip a
+      layer whose scores are low everywhere (a residual stream's BatchNorms).
+    * The parameters fall by far more than the rate (channel granularity, one rate for
+      every layer). Removing a fraction r of every layer's channels removes r of a
+      layer's outputs *and* of the next layer's inputs, so a network keeps about (1 - r)^2
+      of its parameters (r = 0.4: 36%); the warning fires below half of that (r = 0.4:
+      below 18% kept, above 82% removed). The rate counts channel groups, not
+      parameters: a residual stream's channels each count once, though they are in
+      every conv of their stage.
+    """
+    out: list[str] = []
+    base = plan.rate if plan.rate is not None else cfg.rate
+    global_ = cfg.scope.value == "global"
+    unit_word = "channels" if plan.granularity == "channel" else "weights"
+    thin = []
+    for p in plan.units:
+        if p.status != "prune" or p.size == 0:
+            continue
+        asked = base if global_ else p.rate
+        if asked is None or asked >= 1.0 - THIN_LAYER:
+            continue  # asked for: nothing to warn about
+        if p.kept / p.size < THIN_LAYER:
+            thin.append(f"{p.unit.root} {p.size}->{p.kept}")
+    if thin:
+        how = (
+            "--scope global ranks every channel under one threshold; cap layers with --max-layer-rate R or use --scope layerwise"
+            if global_
+            else "check --layer-rate/--layer-rates"
+        )
+        shown = ", ".join(thin[:6]) + (f" and {len(thin) - 6} more" if len(thin) > 6 else "")
+        out.append(f"{len(thin)} layer(s) keep less than {THIN_LAYER:.0%} of their {unit_word}: {shown} ({how})")
+    uniform = not cfg.layer_rate and not cfg.layer_rates and cfg.from_sensitivity is None
+    if plan.granularity == "channel" and uniform and base and params_before > 0:
+        kept = params_after / params_before
+        expected = (1.0 - base) ** 2
+        if kept < expected / 2:
+            out.append(
+                f"params fall {1 - kept:.1%} at --rate {base:g} (removing {base:.0%} of every layer's channels would remove "
+                f"about {1 - expected:.0%}): {'--scope global ' if global_ else ''}--rate counts channel groups, not parameters"
+                + ("; try --scope layerwise, --max-layer-rate R or --target-macs F" if global_ else "")
+            )
+    return out
 
 
 def reconstruction_summary(layers) -> str:

@@ -20,6 +20,7 @@ the Pruner does not know criteria by name.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Optional, Protocol
 
@@ -27,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from prunecli.config.prune import Selection, check_target_macs
+from prunecli.engine.progress import step_bar
 from prunecli.errors import OptionError, PruneCliError
 from prunecli.metrics.complexity import count_complexity
 from prunecli.models.layers import prunable_layers
@@ -298,22 +300,29 @@ class Pruner:
             feasible = min((1.0 - 1.0 / w for w in widths if w > 1), default=0.0)
             upper = min(0.99, self.selection.max_layer_rate or 0.99, feasible)
         lo, hi = 0.0, upper
-        top, best = reduction(hi)
-        if top < target:
-            digits = 1
-            while round(top * 100, digits) >= round(target * 100, digits) and digits < 6:  # 99.99% must not read 100.0%
-                digits += 1
-            raise OptionError(f"{{target_macs}} {target}: these settings remove at most {top * 100:.{digits}f}% of the MACs (at {what} {hi:g})")
-        best_rate = hi
-        for _ in range(20):
-            mid = (lo + hi) / 2
-            red, plan = reduction(mid)
-            if red >= target:
-                hi, best, best_rate = mid, plan, mid
-            else:
-                lo = mid
-            if hi - lo < 1e-3:
-                break
+        # each step removes a copy and counts it: seconds per step on a large model, so a bar
+        steps = 1 + min(20, max(1, math.ceil(math.log2(max(upper, 1e-3) / 1e-3))))
+        with step_bar(f"searching the {what} for --target-macs", steps, unit="plans") as bar:
+            top, best = reduction(hi)
+            if bar is not None:
+                bar.advance(1)
+            if top < target:
+                digits = 1
+                while round(top * 100, digits) >= round(target * 100, digits) and digits < 6:  # 99.99% must not read 100.0%
+                    digits += 1
+                raise OptionError(f"{{target_macs}} {target}: these settings remove at most {top * 100:.{digits}f}% of the MACs (at {what} {hi:g})")
+            best_rate = hi
+            for _ in range(20):
+                mid = (lo + hi) / 2
+                red, plan = reduction(mid)
+                if bar is not None:
+                    bar.advance(1)
+                if red >= target:
+                    hi, best, best_rate = mid, plan, mid
+                else:
+                    lo = mid
+                if hi - lo < 1e-3:
+                    break
         best.rate = round(best_rate, 4)
         return best
 
