@@ -68,7 +68,7 @@ def check(recipe: _RECIPE, sets: _SETS = None) -> None:
 
     Exit 1 if MACs or params (or their reductions) fall outside the recipe's tolerances.
     """
-    from prunecli._console import console
+    from prunecli._console import report_console
     from prunecli.errors import PruneCliError
     from prunecli.recipes import library
     from prunecli.recipes.check import architecture_rows
@@ -76,7 +76,7 @@ def check(recipe: _RECIPE, sets: _SETS = None) -> None:
     from prunecli.recipes.schema import parse_sets
 
     r = library.load(recipe, parse_sets(sets or []))
-    con = console()
+    con = report_console()  # writes no checkpoint: the report is what it returns, on stdout
     con.print(_header(r))
     con.print(_timeline(r))
     rows = architecture_rows(r)
@@ -96,7 +96,7 @@ def list_recipes(json: Annotated[bool, typer.Option("--json", help="Print one JS
     """The shipped recipes: paper, setting and expected numbers."""
     from rich.table import Table
 
-    from prunecli._console import console
+    from prunecli._console import report_console
     from prunecli.recipes import library
     from prunecli.recipes.report import format_value
 
@@ -125,7 +125,7 @@ def list_recipes(json: Annotated[bool, typer.Option("--json", help="Print one JS
         expected = ", ".join(f"{k} {format_value(k.split('@')[0], v)}" for k, v in row["expected"].items())
         paper = f"arXiv:{row['arxiv']}" if row["arxiv"] else "-"
         table.add_row(row["name"], row["setting"], paper, expected)
-    console().print(table)
+    report_console().print(table)  # a listing, like `prunecli list`: stdout
 
 
 def plot(
