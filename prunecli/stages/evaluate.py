@@ -1,4 +1,8 @@
-"""`evaluate`: accuracy, loss, MACs, params, latency and per-layer widths of checkpoints."""
+"""`evaluate`: accuracy, loss, MACs, params, latency and per-layer widths of checkpoints.
+
+Side by side, a checkpoint is compared with its own ancestor when that ancestor is in the
+same table (`ancestor_columns`): ratios between unrelated models say nothing.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-from prunecli.checkpoint import load_checkpoint
+from prunecli.checkpoint import load_checkpoint, sha256_file
 from prunecli.config import EvaluateConfig
 from prunecli.data.loaders import make_batches
 from prunecli.engine.distributed import resolve_device
@@ -34,6 +38,8 @@ class Report:
     latency_batch_size: Optional[int] = None
     memory_format: Optional[str] = None
     layers: list[LayerInfo] = field(default_factory=list)
+    sha256: Optional[str] = None  # of the file evaluated
+    ancestors: list[str] = field(default_factory=list)  # parent files' sha256 from the lineage, oldest first
 
     def to_json(self, with_layers: bool = False) -> dict:
         d = {
@@ -51,6 +57,7 @@ class Report:
             "samples": self.samples,
             "latency_batch_size": self.latency_batch_size,
             "memory_format": self.memory_format,
+            "sha256": self.sha256,
         }
         if with_layers:
             d["layers"] = [vars(layer) for layer in self.layers]
@@ -90,6 +97,8 @@ def evaluate_checkpoints(paths: list[Path], cfg: Optional[EvaluateConfig] = None
                 params=cx.params,
                 nonzero_params=nonzero,
                 layers=layer_table(model, ckpt.masks),
+                sha256=sha256_file(ckpt.path),
+                ancestors=[str(e["parent_sha256"]) for e in ckpt.lineage if e.get("parent_sha256")],
             )
         )
         models.append((model, shape))
@@ -102,3 +111,23 @@ def evaluate_checkpoints(paths: list[Path], cfg: Optional[EvaluateConfig] = None
             for i, lat in zip(idx, lats):
                 reports[i] = replace(reports[i], latency_ms=lat.median_ms, latency_batch_size=lat.batch_size, memory_format=lat.memory_format)
     return reports
+
+
+def ancestor_columns(reports: list[Report]) -> list[Optional[int]]:
+    """For each report, the index of its ancestor in the same list, or None.
+
+    An ancestor is a file the checkpoint's lineage names as a parent, matched by sha256
+    (a lineage entry records its parent's path and sha256; the path may have moved, the
+    hash says it is that file). With several ancestors in the table the oldest wins: the
+    dense model is what a user measures a pruned one against. Identical files are not
+    each other's ancestors.
+    """
+    first_of: dict[str, int] = {}
+    for i, r in enumerate(reports):
+        if r.sha256 is not None:
+            first_of.setdefault(r.sha256, i)
+    out: list[Optional[int]] = []
+    for r in reports:
+        found = next((first_of[h] for h in r.ancestors if h in first_of and h != r.sha256), None)
+        out.append(found)
+    return out
