@@ -15,7 +15,8 @@ from prunecli.cli.finetune import finetune
 from prunecli.cli.info import info
 from prunecli.cli.list_ import list_
 from prunecli.cli.prune import prune
-from prunecli.cli.recipe import plot, recipe_app
+from prunecli.cli.plot import plot_app
+from prunecli.cli.recipe import recipe_app
 from prunecli.cli.sensitivity import sensitivity
 from prunecli.cli.train import train
 
@@ -57,7 +58,7 @@ app.command("sensitivity")(sensitivity)
 app.command("info")(info)
 app.command("list")(list_)
 app.add_typer(recipe_app, name="recipe")
-app.command("plot")(plot)
+app.add_typer(plot_app, name="plot")
 
 
 def _error(message: str, code: int) -> "NoReturn":  # noqa: F821

@@ -1,4 +1,4 @@
-"""`prunecli recipe run|check|list` and `prunecli plot`: reproduce a paper setting from one file."""
+"""`prunecli recipe run|check|list`: reproduce a paper setting from one file (`prunecli plot runs` draws several runs)."""
 
 from __future__ import annotations
 
@@ -126,21 +126,6 @@ def list_recipes(json: Annotated[bool, typer.Option("--json", help="Print one JS
         paper = f"arXiv:{row['arxiv']}" if row["arxiv"] else "-"
         table.add_row(row["name"], row["setting"], paper, expected)
     report_console().print(table)  # a listing, like `prunecli list`: stdout
-
-
-def plot(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Recipe run directories (each holds results.json).", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")] = Path("accuracy_vs_macs.png"),
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file at --output.")] = False,
-) -> None:
-    """Accuracy against MACs for every checkpoint of one or more recipe runs, on one figure."""
-    from prunecli.cli._common import emit_path
-    from prunecli.outputs import claim_output
-    from prunecli.recipes.report import plot_runs, read_rows
-
-    runs = [read_rows(d) for d in run_dirs]
-    with claim_output(output, overwrite=overwrite):
-        emit_path(plot_runs(run_dirs, output, runs=runs))
 
 
 def _header(r):
