@@ -1,7 +1,11 @@
-"""The one place that writes human-readable output: rich, on stderr.
+"""The one place that writes human-readable output: rich consoles for logs and for reports.
 
-stdout is reserved for what a command returns (a checkpoint path, or JSON), so that
-commands chain in the shell. Under torchrun only rank 0 talks.
+stdout holds what a command returns. A command that writes a checkpoint returns only its
+path (or JSON), so that commands chain in the shell; its progress, tables and logs go to
+`console()`, on stderr. A command that only reports (info, evaluate, list, recipe
+list|check) returns the report itself: its tables go to `report_console()`, on stdout, so
+that ``prunecli info x.pt > report.txt`` holds the report; its warnings and progress still
+go to stderr. Under torchrun only rank 0 talks.
 """
 
 from __future__ import annotations
@@ -16,11 +20,24 @@ def is_main_process() -> bool:
 
 @lru_cache(maxsize=1)
 def console():
+    """Progress, logs, warnings and the tables of checkpoint-writing commands: stderr."""
+    return _console(stderr=True)
+
+
+@lru_cache(maxsize=1)
+def report_console():
+    """The report of a command that writes no checkpoint (info, evaluate, list): stdout."""
+    return _console(stderr=False)
+
+
+def _console(*, stderr: bool):
     from rich.console import Console
 
-    con = Console(stderr=True, highlight=False, quiet=not is_main_process())
+    # no file given: rich looks sys.stdout / sys.stderr up at each write, so a redirection
+    # made after this call (pytest's capture, contextlib.redirect_stdout) is followed
+    con = Console(stderr=stderr, highlight=False, quiet=not is_main_process())
     if not con.is_terminal:
-        # logs, pipes and CI: one log line per line, tables not squeezed into 80 columns
+        # logs, pipes, files and CI: one log line per line, tables not squeezed into 80 columns
         con.soft_wrap = True
         if "COLUMNS" not in os.environ:
             con.width = 160

@@ -15,7 +15,8 @@ It holds
   reproduces a compressed architecture (None for an unpruned one);
 * ``state_dict``, ``masks`` (tensor name -> bool tensor, True = kept);
 * ``dataset`` -- the dataset spec (name, classes, input size, normalisation, root);
-* ``metrics``, ``lineage`` (one entry per stage, written by `derive`), ``resume``
+* ``metrics``, ``lineage`` (one entry per stage, written by `derive`; an entry may note its
+  stage's MACs, params and top-1 under ``result``, `with_result`; older files have none), ``resume``
   (optimizer, scheduler, epoch, config and callback states of a resumable stage) and
   ``extra`` (method-specific plain data).
 
@@ -170,6 +171,30 @@ def derive(parent: Optional[Checkpoint], stage: str, options: Mapping[str, Any],
     entry = lineage_entry(stage, options, parent=parent.path if parent is not None else None)
     lineage = (list(parent.lineage) if parent is not None else []) + [entry]
     return Checkpoint(lineage=lineage, **values)
+
+
+# what a stage may note on its lineage entry (`with_result`), and what `info` reads back
+RESULT_KEYS = ("macs_before", "params_before", "macs_after", "params_after", "compressed", "top1", "top5", "best_top1", "best_epoch", "epoch", "epochs")
+
+
+def with_result(ckpt: Checkpoint, **numbers: Any) -> Checkpoint:
+    """``ckpt`` with its last lineage entry noting what that stage measured (``result``).
+
+    A file's ``metrics`` are its own stage's only (a finetuned file no longer says what prune
+    removed); the lineage travels with every derived file, so each entry keeps its stage's
+    MACs and params before -> after and its top-1, and `prunecli info` can tell the whole
+    story from the last file. ``compressed=False`` with ``*_after``: what compress will
+    leave (a masked file keeps its shapes). None values are left out; files without
+    ``result`` (written before it existed) still load and render.
+    """
+    unknown = set(numbers) - set(RESULT_KEYS)
+    if unknown:
+        raise TypeError(f"with_result: unknown keys {sorted(unknown)}")
+    if not ckpt.lineage:
+        return ckpt
+    last = dict(ckpt.lineage[-1])  # a copy: templates share their entries with earlier snapshots
+    last["result"] = {**(last.get("result") or {}), **to_plain({k: v for k, v in numbers.items() if v is not None})}
+    return replace(ckpt, lineage=[*ckpt.lineage[:-1], last])
 
 
 def resumed(ckpt: Checkpoint, overrides: Mapping[str, Any]) -> Checkpoint:

@@ -16,7 +16,8 @@ from prunecli.cli.finetune import finetune
 from prunecli.cli.info import info
 from prunecli.cli.list_ import list_
 from prunecli.cli.prune import prune
-from prunecli.cli.recipe import plot, recipe_app
+from prunecli.cli.plot import plot_app
+from prunecli.cli.recipe import recipe_app
 from prunecli.cli.sensitivity import sensitivity
 from prunecli.cli.train import train
 
@@ -59,7 +60,7 @@ app.command("sensitivity", cls=HelpCommand)(sensitivity)
 app.command("info", cls=HelpCommand)(info)
 app.command("list", cls=HelpCommand)(list_)
 app.add_typer(recipe_app, name="recipe")
-app.command("plot", cls=HelpCommand)(plot)
+app.add_typer(plot_app, name="plot")
 
 
 def _error(message: str, code: int) -> "NoReturn":  # noqa: F821

@@ -19,7 +19,12 @@ def info(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint ('-' reads the path from stdin).", show_default=False, readable=False)],
     **options,
 ) -> None:
-    """Show a checkpoint's model, dataset, metrics, lineage, structure and (with --layers) layers."""
+    """Show a checkpoint's model, dataset, metrics, lineage, structure and (with --layers) layers.
+
+    The report goes to stdout; --json prints it as one JSON object, with the lineage as
+    written ("lineage") and as readable steps ("steps": command, settings, MACs and params
+    before and after, top-1).
+    """
     from prunecli.stages.inspect import checkpoint_summary
 
     cfg = config_from(ctx, InfoConfig, options)
@@ -35,14 +40,14 @@ def info(
 def _print_info(s: dict, table, show_layers: bool) -> None:
     from rich.table import Table
 
-    from prunecli._console import console
+    from prunecli._console import console, report_console
 
-    con = console()
+    out = report_console()  # the report is what info returns: stdout (`prunecli info x.pt > report.txt`)
     s = _safe(s)  # every string in a checkpoint is the writer's: no escape codes, no rich markup
-    con.print(f"[bold]{s['checkpoint']}[/bold]")
     if s["nonfinite_tensors"]:
         bad = s["nonfinite_tensors"]
-        con.print(f"[red]warning:[/red] {len(bad)} weight tensor(s) hold NaN or Inf: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+        console().print(f"[red]warning:[/red] {len(bad)} weight tensor(s) hold NaN or Inf: {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+    out.print(f"[bold]{s['checkpoint']}[/bold]")
     t = Table(show_header=False, show_edge=False, pad_edge=False)
     t.add_column(style="bold")
     t.add_column()
@@ -53,7 +58,7 @@ def _print_info(s: dict, table, show_layers: bool) -> None:
     if s["dataset"]:
         d = s["dataset"]
         t.add_row("dataset", f"{d['name']}" + (f" at {d['root']}" if d.get("root") else ""))
-    t.add_row("MACs / params", f"{human(s['macs'])} / {human(s['params'])}")
+    t.add_row("MACs / params", f"{human(s['macs'])} / {human(s['params'])}" + _once_compressed(s["steps"]))
     t.add_row("structure", f"compressed ({s['structure_steps']} pruning steps replayed)" if s["compressed"] else "as built")
     for conv in s["converters"]:
         if conv.get("name") == "channel-selection":
@@ -66,10 +71,8 @@ def _print_info(s: dict, table, show_layers: bool) -> None:
             t.add_row("converted", str(conv.get("name")))
     if s["masked_parameters"]:
         t.add_row("masks", f"{s['masked_parameters']} parameters, {s['masked_entries']:,} entries pruned")
-    if s["metrics"]:
-        mt = s["metrics"]
-        shown = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in mt.items() if v is not None)
-        t.add_row("metrics", shown)
+    for name, text in _metric_rows(s["metrics"] or {}, s["steps"]):
+        t.add_row(name, text)
     if s["resume"]:
         r = s["resume"]
         block = f"block {r['block'] + 1}, " if r.get("block") is not None else ""
@@ -79,26 +82,124 @@ def _print_info(s: dict, table, show_layers: bool) -> None:
     if s.get("rewind_epoch") is not None:
         k = s["rewind_epoch"]
         t.add_row("rewind weights", f"epoch {k} ({'the initialisation; ' if k == 0 else ''}prune --rounds R --rewind {'init' if k == 0 else f'epoch:{k}'})")
-    con.print(t)
-
-    lin = Table(title="lineage", title_justify="left", show_edge=False, pad_edge=False)
-    for col in ("#", "command", "time", "prunecli", "parent", "parent sha256"):
-        lin.add_column(col)
-    for i, e in enumerate(s["lineage"], start=1):
-        resumed = f" (resumed x{len(e['resumed'])})" if isinstance(e.get("resumed"), list) and e["resumed"] else ""
-        lin.add_row(
-            str(i),
-            f"{e.get('command', '?')}{resumed}",
-            str(e.get("time", "")),
-            str(e.get("prunecli_version", "")),
-            str(e.get("parent") or "-"),
-            str(e.get("parent_sha256") or "-")[:12],
-        )
-    con.print(lin)
+    out.print(t)
+    out.print(_lineage_table(s["steps"]))
     if s.get("learned_mask"):
-        con.print(_learned_mask_table(s["learned_mask"]))
+        out.print(_learned_mask_table(s["learned_mask"]))
     if show_layers:
-        con.print(layer_widths_table("layers", ["width"], [table]))
+        out.print(layer_widths_table("layers", ["width"], [table]))
+
+
+# metrics `_metric_rows` turns into words; any other key is listed as it is
+_KNOWN_METRICS = {
+    "epoch", "epochs", "best_top1", "best_epoch", "top1", "top5", "loss", "dataset",
+    "macs_before", "macs_after_compress", "params_after_compress", "macs", "params", "macs_before_compress", "max_abs_diff",
+}
+
+
+def _metric_rows(metrics: dict, steps: list[dict]) -> list[tuple[str, str]]:
+    """The file's metrics in words: its top-1 (or where the last one was measured), the compress check, the rest as is."""
+    from prunecli.stages.lineage import as_int, as_number
+
+    mt = {k: (as_number(v) if k not in ("dataset", "epoch", "epochs", "best_epoch") else v) for k, v in metrics.items()}  # a file's numbers may be anything
+    rows = []
+    last = steps[-1] if steps else {}
+    if mt.get("top1") is not None and last.get("top1") is not None:
+        text = f"{mt['top1']:.2f}%"
+        if mt.get("top5") is not None:
+            text += f" (top-5 {mt['top5']:.2f}%" + (f", loss {mt['loss']:.4f})" if mt.get("loss") is not None else ")")
+        if isinstance(mt.get("dataset"), str):
+            text += f" on the {mt['dataset']} test set"
+        epoch, epochs, best_epoch = as_int(mt.get("epoch")), as_int(mt.get("epochs")), as_int(mt.get("best_epoch"))
+        if epoch is not None and epochs is not None:
+            text += f" after epoch {epoch}/{epochs}"
+        if mt.get("best_top1") is not None and best_epoch is not None and best_epoch != epoch:
+            text += f"; best {mt['best_top1']:.2f}% at epoch {best_epoch} (in <stem>.best.pt)"
+        rows.append(("top-1", text))
+    else:
+        measured = [st for st in steps if st.get("top1") is not None]
+        if measured:
+            st = measured[-1]
+            rows.append(("top-1", f"not measured on this file; {st['top1']:.2f}% after step {st['index']} ({st['command']}); prunecli evaluate measures it"))
+    if mt.get("max_abs_diff") is not None:
+        rows.append(("compress check", f"masked and compressed outputs differ by at most {mt['max_abs_diff']:.2g} on a probe batch"))
+    other = {k: v for k, v in metrics.items() if k not in _KNOWN_METRICS and v is not None}
+    if other:
+        rows.append(("other metrics", ", ".join(f"{k} {_value(v)}" for k, v in other.items())))
+    return rows
+
+
+def _value(v) -> str:
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return human(v) if abs(v) >= 10_000 else str(v)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _once_compressed(steps: list[dict]) -> str:
+    """For a masked file: what compress will leave, as the last prune predicted it."""
+    for st in reversed(steps):
+        if st.get("changes"):
+            return ""  # compressed since (or pruned with --compress): the file's own numbers are the story
+        if st.get("after_compress"):
+            return f" as stored; {human(st['macs_after'])} / {human(st['params_after'])} once compressed (prunecli compress)"
+    return ""
+
+
+def _lineage_table(steps: list[dict]):
+    """One line per stage: what it did (command, method, rate, epochs), what it changed, top-1, from which file."""
+    from rich.table import Table
+
+    caption = "* once compressed: a masked file keeps its shapes until prunecli compress" if any(st.get("after_compress") for st in steps) else None
+    lin = Table(title="lineage (oldest first)", title_justify="left", caption=caption, caption_justify="left", show_edge=False, pad_edge=False)
+    for col, just in (("#", "right"), ("stage", "left"), ("settings", "left"), ("MACs", "right"), ("params", "right"), ("top-1 %", "right"), ("from", "left"), ("time (UTC)", "left")):
+        lin.add_column(col, justify=just, no_wrap=col in ("#", "stage", "top-1 %", "time (UTC)"))
+    for st in steps:
+        resumed = f" (resumed x{st['resumed']})" if st.get("resumed") else ""
+        lin.add_row(
+            str(st["index"]),
+            f"{st['command']}{resumed}",
+            st.get("settings") or "",
+            _change(st, "macs"),
+            _change(st, "params"),
+            _top1(st),
+            st.get("parent") or "-",
+            _when(st.get("time")),
+        )
+    return lin
+
+
+def _change(st: dict, key: str) -> str:
+    """ "24.33M", "24.33M -> 8.95M (-63.2%)", or "24.33M -> 8.95M* (-63.2%)" for a masked prune (* once compressed)."""
+    before, after = st.get(f"{key}_before"), st.get(f"{key}_after")
+    if st.get("changes") or st.get("after_compress"):
+        if after is None:
+            return "?"
+        if before is None:
+            return f"-> {human(after)}"
+        star = "*" if st.get("after_compress") else ""
+        cut = f" ({after / before - 1:+.1%})" if before else ""
+        return f"{human(before)} -> {human(after)}{star}{cut}"
+    return human(before) if before is not None else "?"
+
+
+def _top1(st: dict) -> str:
+    if st.get("top1") is None:
+        return "-"
+    best = st.get("best_top1")
+    text = f"{st['top1']:.2f}"
+    if best is not None and best > st["top1"] and st.get("best_epoch") is not None:
+        text += f" (best {best:.2f} @{st['best_epoch']})"
+    return text
+
+
+def _when(time) -> str:
+    """ISO time, to the minute: "2026-12-01 00:20"."""
+    text = str(time or "")
+    return text[:16].replace("T", " ") if len(text) >= 16 else (text or "-")
 
 
 def _sss_line(r: dict) -> str:

@@ -97,13 +97,12 @@ def _print_aliases(out, rows: list[dict]) -> None:
 
 
 def _print_rows(rows: list[dict], what: What) -> None:
-    import sys
-
-    from rich.console import Console
     from rich.table import Table
 
+    from prunecli._console import report_console
+
     # a listing is the command's result: stdout, so that `prunecli list models | grep vgg` works
-    out = Console(file=sys.stdout, highlight=False)
+    out = report_console()
     if what in (What.models, What.datasets):
         table = Table(show_edge=False, pad_edge=False, show_header=False)
         table.add_column(style="bold")

@@ -1,4 +1,4 @@
-"""`prunecli recipe run|check|list` and `prunecli plot`: reproduce a paper setting from one file."""
+"""`prunecli recipe run|check|list`: reproduce a paper setting from one file (`prunecli plot runs` draws several runs)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def check(recipe: _RECIPE, sets: _SETS = None) -> None:
 
     Exit 1 if MACs or params (or their reductions) fall outside the recipe's tolerances.
     """
-    from prunecli._console import console
+    from prunecli._console import report_console
     from prunecli.errors import PruneCliError
     from prunecli.recipes import library
     from prunecli.recipes.check import architecture_rows
@@ -78,7 +78,7 @@ def check(recipe: _RECIPE, sets: _SETS = None) -> None:
     from prunecli.recipes.schema import parse_sets
 
     r = library.load(recipe, parse_sets(sets or []))
-    con = console()
+    con = report_console()  # writes no checkpoint: the report is what it returns, on stdout
     con.print(_header(r))
     con.print(_timeline(r))
     rows = architecture_rows(r)
@@ -98,7 +98,7 @@ def list_recipes(json: Annotated[bool, typer.Option("--json", help="Print one JS
     """The shipped recipes: paper, setting and expected numbers."""
     from rich.table import Table
 
-    from prunecli._console import console
+    from prunecli._console import report_console
     from prunecli.recipes import library
     from prunecli.recipes.report import format_value
 
@@ -127,22 +127,7 @@ def list_recipes(json: Annotated[bool, typer.Option("--json", help="Print one JS
         expected = ", ".join(f"{k} {format_value(k.split('@')[0], v)}" for k, v in row["expected"].items())
         paper = f"arXiv:{row['arxiv']}" if row["arxiv"] else "-"
         table.add_row(row["name"], row["setting"], paper, expected)
-    console().print(table)
-
-
-def plot(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Recipe run directories (each holds results.json).", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.")] = Path("accuracy_vs_macs.png"),
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file at --output.")] = False,
-) -> None:
-    """Accuracy against MACs for every checkpoint of one or more recipe runs, on one figure."""
-    from prunecli.cli._common import emit_path
-    from prunecli.outputs import claim_output
-    from prunecli.recipes.report import plot_runs, read_rows
-
-    runs = [read_rows(d) for d in run_dirs]
-    with claim_output(output, overwrite=overwrite):
-        emit_path(plot_runs(run_dirs, output, runs=runs))
+    report_console().print(table)  # a listing, like `prunecli list`: stdout
 
 
 def _header(r):

@@ -35,7 +35,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from prunecli._console import log
-from prunecli.checkpoint import Checkpoint, derive, load_checkpoint, save_checkpoint
+from prunecli.checkpoint import Checkpoint, derive, load_checkpoint, save_checkpoint, with_result
 from prunecli.config import CompressConfig, FinetuneConfig, PruneConfig
 from prunecli.criteria import Criterion, criterion_class, get_criterion, hyperparameters
 from prunecli.data import DataBundle
@@ -433,6 +433,10 @@ class _Run:
         metrics = {"macs": after.macs, "params": after.params, "macs_before_compress": original["macs"], "max_abs_diff": report.max_abs_diff}
         if rows and rows[-1].top1 is not None:
             metrics["top1"] = rows[-1].top1
+        self.ckpt = with_result(
+            self.ckpt, macs_before=original["macs"], params_before=original.get("params"), macs_after=after.macs, params_after=after.params,
+            compressed=True, top1=metrics.get("top1"),
+        )
         self._save(resume=None, metrics=metrics)
         if cfg.latency:
             dense = reference if reference is not None else getattr(self, "_reference", None) or self._parent()

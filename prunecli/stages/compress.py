@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
-from prunecli.checkpoint import Checkpoint, save_checkpoint
+from prunecli.checkpoint import Checkpoint, save_checkpoint, with_result
 from prunecli.config import CompressConfig
 from prunecli.engine.distributed import resolve_device
 from prunecli.errors import PruneCliError
@@ -151,6 +151,7 @@ def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport
     metrics = dict(ckpt.metrics)
     metrics.update(macs=after.macs, params=after.params, macs_before_compress=before.macs, max_abs_diff=diff)
     out = derive_compressed(ckpt, "compress", cfg.to_options(), model, removal.history, removal.kept, metrics=metrics, extra=extra)
+    out = with_result(out, macs_before=before.macs, params_before=before.params, macs_after=after.macs, params_after=after.params, compressed=True)
     save_checkpoint(out, output)
     left = sum(int((~m).sum()) for m in out.masks.values())
     pruned_as = (ckpt.extra.get("prune") or {}).get("granularity") if isinstance(ckpt.extra.get("prune"), dict) else None

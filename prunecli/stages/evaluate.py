@@ -1,4 +1,8 @@
-"""`evaluate`: accuracy, loss, MACs, params, latency and per-layer widths of checkpoints."""
+"""`evaluate`: accuracy, loss, MACs, params, latency and per-layer widths of checkpoints.
+
+Side by side, a checkpoint is compared with its own ancestor when that ancestor is in the
+same table (`ancestor_columns`): ratios between unrelated models say nothing.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-from prunecli.checkpoint import load_checkpoint
+from prunecli.checkpoint import load_checkpoint, sha256_file
 from prunecli.config import EvaluateConfig
 from prunecli.data.loaders import make_batches
 from prunecli.engine.distributed import resolve_device
@@ -36,6 +40,8 @@ class Report:
     memory_format: Optional[str] = None
     layers: list[LayerInfo] = field(default_factory=list)
     latency: Optional[dict] = None  # spread, threads, device: prunecli.metrics.latency.Latency.to_json
+    sha256: Optional[str] = None  # of the file evaluated
+    ancestors: list[str] = field(default_factory=list)  # parent files' sha256 from the lineage, oldest first
 
     def to_json(self, with_layers: bool = False) -> dict:
         d = {
@@ -54,6 +60,7 @@ class Report:
             "latency_batch_size": self.latency_batch_size,
             "memory_format": self.memory_format,
             "latency": self.latency,
+            "sha256": self.sha256,
         }
         if with_layers:
             d["layers"] = [vars(layer) for layer in self.layers]
@@ -93,6 +100,8 @@ def evaluate_checkpoints(paths: list[Path], cfg: Optional[EvaluateConfig] = None
                 params=cx.params,
                 nonzero_params=nonzero,
                 layers=layer_table(model, ckpt.masks),
+                sha256=sha256_file(ckpt.path),
+                ancestors=[str(e["parent_sha256"]) for e in ckpt.lineage if e.get("parent_sha256")],
             )
         )
         models.append((model, shape))
@@ -111,3 +120,23 @@ def evaluate_checkpoints(paths: list[Path], cfg: Optional[EvaluateConfig] = None
             if why:
                 warn(why)
     return reports
+
+
+def ancestor_columns(reports: list[Report]) -> list[Optional[int]]:
+    """For each report, the index of its ancestor in the same list, or None.
+
+    An ancestor is a file the checkpoint's lineage names as a parent, matched by sha256
+    (a lineage entry records its parent's path and sha256; the path may have moved, the
+    hash says it is that file). With several ancestors in the table the oldest wins: the
+    dense model is what a user measures a pruned one against. Identical files are not
+    each other's ancestors.
+    """
+    first_of: dict[str, int] = {}
+    for i, r in enumerate(reports):
+        if r.sha256 is not None:
+            first_of.setdefault(r.sha256, i)
+    out: list[Optional[int]] = []
+    for r in reports:
+        found = next((first_of[h] for h in r.ancestors if h in first_of and h != r.sha256), None)
+        out.append(found)
+    return out

@@ -9,6 +9,7 @@ from prunecli.checkpoint import load_checkpoint, to_plain
 from prunecli.metrics.complexity import count_complexity
 from prunecli.metrics.layers import LayerInfo, layer_table
 from prunecli.stages.checkpoints import check_finite, rebuild_model
+from prunecli.stages.lineage import steps
 
 
 def checkpoint_summary(path: Path) -> tuple[dict[str, Any], list[LayerInfo]]:
@@ -33,6 +34,7 @@ def checkpoint_summary(path: Path) -> tuple[dict[str, Any], list[LayerInfo]]:
         "masked_entries": masked,
         "metrics": ckpt.metrics,
         "lineage": ckpt.lineage,
+        "steps": steps(ckpt, cx.macs, cx.params),
         "resume": _resume_summary(ckpt.resume),
         "extra_keys": sorted(ckpt.extra),
         "rewind_epoch": _rewind_epoch(ckpt.extra),

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Optional
 import torch
 
 from prunecli.algorithms import get_algorithm
-from prunecli.checkpoint import Checkpoint, derive, save_checkpoint
+from prunecli.checkpoint import Checkpoint, derive, save_checkpoint, with_result
 from prunecli.config import PruneConfig
 from prunecli.criteria import Criterion, criterion_class, get_criterion, hyperparameters
 from prunecli.data import TensorSplit
@@ -242,6 +242,7 @@ def _prune(source: Path, cfg: PruneConfig, output: Path, criterion: Criterion, a
         newly, diff = newly_masked(ckpt.masks, combined), None
         metrics = {"macs_before": before.macs, "macs_after_compress": after.macs, "params_after_compress": after.params}
         out = derive(ckpt, "prune", options, state_dict=model.state_dict(), masks=combined, metrics=metrics, extra=extra)
+    out = with_result(out, macs_before=before.macs, params_before=before.params, macs_after=after.macs, params_after=after.params, compressed=cfg.compress)
     save_checkpoint(out, output)
     return PruneReport(
         warnings=surprises(plan, cfg, before.params, after.params),

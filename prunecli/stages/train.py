@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 
 from prunecli._console import log, markup_safe
-from prunecli.checkpoint import Checkpoint, derive, load_checkpoint, resumed, save_checkpoint
+from prunecli.checkpoint import Checkpoint, derive, load_checkpoint, resumed, save_checkpoint, with_result
 from prunecli.config import FinetuneConfig, PruneConfig, TrainConfig, option_specs
 from prunecli.data import DataBundle, get_dataset, list_datasets
 from prunecli.engine.callbacks import BestCheckpoint, BNSparsity, InterruptAfterEpoch, KillDuringEpoch, MetricsLog, SaveRewind, batchnorm_scales
@@ -308,7 +308,8 @@ def _fit(
             metrics.update(top1=ev.top1, top5=ev.top5, loss=ev.loss, dataset=template.dataset.name if template.dataset else None)
         resume = {"stage": stage, "config": cfg.to_dict(), "options": options, **state.resume_state()} if resumable else None
         masks = state.checkpoint_masks if state.checkpoint_masks is not None else state.masks
-        return replace(template, state_dict=state.model.state_dict(), masks=dict(masks), metrics=metrics, resume=resume)
+        measured = {k: metrics.get(k) for k in ("top1", "top5", "best_top1", "best_epoch", "epoch", "epochs")}
+        return replace(with_result(template, **measured), state_dict=state.model.state_dict(), masks=dict(masks), metrics=metrics, resume=resume)
 
     def save(state: FitState) -> None:
         save_checkpoint(snapshot(state), output)
