@@ -24,7 +24,6 @@ def console():
     return _console(stderr=True)
 
 
-@lru_cache(maxsize=1)
 def report_console():
     """The report of a command that writes no checkpoint (info, evaluate, list): stdout."""
     return _console(stderr=False)

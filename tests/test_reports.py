@@ -27,6 +27,12 @@ from prunecli.cli.app import main
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+
+@pytest.fixture(autouse=True)
+def _wide_reports(monkeypatch):
+    """These tests read table rows: a wide console (xdist workers may inherit a narrow COLUMNS)."""
+    monkeypatch.setenv("COLUMNS", "250")
+
 def _main(*args) -> None:
     try:
         main([str(a) for a in args])

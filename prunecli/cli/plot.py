@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from typer.core import TyperGroup
+
+from prunecli.cli._help import HelpCommand, HelpGroup
 
 
-class _PlotGroup(TyperGroup):
+class _PlotGroup(HelpGroup):
     """``prunecli plot RUN_DIR...`` (before widths and history existed) still means ``plot runs RUN_DIR...``."""
 
     def resolve_command(self, ctx, args):
@@ -35,7 +36,7 @@ plot_app = typer.Typer(
 _OVERWRITE = Annotated[bool, typer.Option("--overwrite", help="Replace an existing file at --output.")]
 
 
-@plot_app.command("widths")
+@plot_app.command("widths", cls=HelpCommand)
 def widths(
     checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoints, e.g. the dense one and its pruned children ('-' reads a path from stdin).", show_default=False, readable=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="PNG file to write (default: <first checkpoint's stem>.widths.png beside it).", metavar="FILE")] = None,
@@ -54,7 +55,7 @@ def widths(
         emit_path(plot_widths(series, out))
 
 
-@plot_app.command("history")
+@plot_app.command("history", cls=HelpCommand)
 def history(
     files: Annotated[list[Path], typer.Argument(help="<stem>.metrics.jsonl files, written beside the checkpoints by train, finetune and prune --epochs.", show_default=False, readable=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="PNG file to write (default: <stem>.history.png beside the first file).", metavar="FILE")] = None,
@@ -73,7 +74,7 @@ def history(
         emit_path(plot_history(list(zip(labels, records)), out))
 
 
-@plot_app.command("runs")
+@plot_app.command("runs", cls=HelpCommand)
 def runs(
     run_dirs: Annotated[list[Path], typer.Argument(help="Recipe run directories (each holds results.json).", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.", metavar="FILE")] = Path("accuracy_vs_macs.png"),
