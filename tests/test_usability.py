@@ -28,7 +28,7 @@ def _console(terminal: bool, quiet: bool = False):
 
 
 def test_progress_is_drawn_on_a_terminal_only():
-    from prunecli.engine.progress import shows_progress
+    from prunecli._progress import shows_progress
 
     assert shows_progress(_console(terminal=True))
     assert not shows_progress(_console(terminal=False))  # a pipe, a log file, CI
@@ -36,7 +36,7 @@ def test_progress_is_drawn_on_a_terminal_only():
 
 
 def test_a_long_step_draws_its_bar_on_a_terminal_and_nothing_elsewhere(monkeypatch):
-    import prunecli.engine.progress as progress
+    import prunecli._progress as progress
     from prunecli.criteria.hessian import empirical_fisher
 
     model, batches = _tiny_model_and_batches()
@@ -52,7 +52,7 @@ def test_a_long_step_draws_its_bar_on_a_terminal_and_nothing_elsewhere(monkeypat
 
 def test_a_bar_inside_a_bar_is_not_drawn(monkeypatch):
     # rich draws one live display at a time: an inner bar (an evaluation inside a sweep) stays silent
-    import prunecli.engine.progress as progress
+    import prunecli._progress as progress
 
     con = _console(terminal=True)
     monkeypatch.setattr(progress, "console", lambda: con)

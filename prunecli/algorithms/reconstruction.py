@@ -55,7 +55,7 @@ from prunecli.config.prune import Selection
 from prunecli.criteria import Criterion
 from prunecli.criteria._reconstruct import LayerSamples, ReconstructionCriterion
 from prunecli.criteria.random import stream_seed
-from prunecli.engine.progress import step_bar
+from prunecli._progress import step_bar
 from prunecli.errors import OptionError, PruneCliError
 from prunecli.models.layers import is_prunable
 from prunecli.surgery.plan import Plan, UnitPlan, kept_count, resolve

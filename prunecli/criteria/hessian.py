@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from prunecli.engine.progress import batches_bar
+from prunecli._progress import batches_bar
 from prunecli.errors import PruneCliError
 from prunecli.criteria._registry import Batches, Criterion, register_criterion, require_calibration
 from prunecli.criteria.taylor import gradient_pass, not_prepared, parameter_grads, per_channel_sum

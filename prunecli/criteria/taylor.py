@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from prunecli.criteria._registry import Batches, Criterion, register_criterion, require_calibration
-from prunecli.engine.progress import batches_bar
+from prunecli._progress import batches_bar
 from prunecli.errors import PruneCliError
 from prunecli.criteria.norm import output_filters
 from prunecli.models.layers import is_prunable

@@ -129,7 +129,7 @@ def evaluate(
 ) -> EvalResult:
     """Loss, top-1 and top-5 over ``batches``, under a progress bar on a terminal (the test
     set of a large model takes minutes on a CPU)."""
-    from prunecli.engine.progress import batches_bar
+    from prunecli._progress import batches_bar
 
     was_training = model.training
     model.eval()

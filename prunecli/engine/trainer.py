@@ -54,7 +54,7 @@ from prunecli.data.loaders import epoch_seed, make_batches
 from prunecli.engine.distributed import DistInfo, barrier, resolve_device
 from prunecli.engine.loop import EpochStats, EvalResult, evaluate, train_one_epoch
 from prunecli.engine.optim import build_optimizer, build_scheduler
-from prunecli.engine.progress import epoch_bar
+from prunecli._progress import epoch_bar
 from prunecli.errors import PruneCliError
 from prunecli.surgery.masks import bind_masks
 

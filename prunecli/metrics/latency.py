@@ -28,7 +28,7 @@ import torch
 # IQR / median above this: the runs disagree too much for a ratio of medians to mean much
 WIDE_SPREAD = 0.25
 
-from prunecli.engine.progress import step_bar
+from prunecli._progress import step_bar
 
 
 @dataclass(frozen=True)

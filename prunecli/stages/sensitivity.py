@@ -182,7 +182,7 @@ def _sweep(
 ) -> SensitivityReport:
     from prunecli._console import log, markup_safe
     from prunecli.engine.prefix_cache import PrefixCache
-    from prunecli.engine.progress import step_bar
+    from prunecli._progress import step_bar
     from prunecli.models import example_input
     from prunecli.stages.checkpoints import data_for_checkpoint, load_model
     from prunecli.stages.prune import calibration_batches, count_rule, pruner_for, stream_bn, with_channel_selection

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from prunecli.config.prune import Selection, check_target_macs
-from prunecli.engine.progress import step_bar
+from prunecli._progress import step_bar
 from prunecli.errors import OptionError, PruneCliError
 from prunecli.metrics.complexity import count_complexity
 from prunecli.models.layers import prunable_layers
