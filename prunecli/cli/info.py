@@ -120,7 +120,8 @@ def _metric_rows(metrics: dict, steps: list[dict]) -> list[tuple[str, str]]:
         measured = [st for st in steps if st.get("top1") is not None]
         if measured:
             st = measured[-1]
-            rows.append(("top-1", f"not measured on this file; {st['top1']:.2f}% after step {st['index']} ({st['command']}); prunecli evaluate measures it"))
+            since = ", ".join(later["command"] for later in steps[st["index"]:])  # the stages since, which may have changed it
+            rows.append(("top-1", f"not measured on this file: the last measured is {st['top1']:.2f}% after step {st['index']} ({st['command']}), before {since}; prunecli evaluate measures it"))
     if mt.get("max_abs_diff") is not None:
         rows.append(("compress check", f"masked and compressed outputs differ by at most {mt['max_abs_diff']:.2g} on a probe batch"))
     other = {k: v for k, v in metrics.items() if k not in _KNOWN_METRICS and v is not None}
