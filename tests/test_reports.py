@@ -129,7 +129,7 @@ def test_info_of_a_compressed_file_reads_its_metrics_in_words(cli, chain):
     r = cli("info", chain["small"])
     assert r.code == 0, r.stderr
     assert "compress check" in r.stdout and "macs_before" not in r.stdout
-    assert "not measured on this file" in r.stdout  # compress measures no accuracy; info says where the last top-1 is from
+    assert "not measured on this file" in r.stdout and "after step 1 (train), before prune, compress" in r.stdout  # where the last top-1 is from
 
 
 def test_info_of_a_masked_file_says_what_compress_will_leave(cli, chain):
@@ -204,6 +204,19 @@ def test_evaluate_keeps_names_that_differ_only_at_the_end(cli, tmp_path, chain):
     assert r.code == 0, r.stderr
     assert f"{long}_40.pt" in r.stdout and f"{long}_50.pt" in r.stdout and f"x/{a.name}" in r.stdout
     assert "…" not in r.stdout and "..." not in r.stdout
+
+
+def test_a_narrow_terminal_drops_columns_rather_than_cutting_numbers(cli, monkeypatch, chain):
+    monkeypatch.setenv("COLUMNS", "80")
+    r = cli("evaluate", chain["base"], chain["small"], "--no-layers", "--repeats", "2", "--threads", "1")
+    assert r.code == 0, r.stderr
+    assert "…" not in r.stdout and "left out to fit 80 columns: latency IQR" in r.stdout
+    assert max(len(line) for line in r.stdout.splitlines() if "│" in line) <= 80, r.stdout
+    assert "base.pt" in r.stdout and "small.pt" in r.stdout and "(0." in r.stdout
+    monkeypatch.setenv("COLUMNS", "250")
+    wide = cli("evaluate", chain["base"], chain["small"], "--no-layers", "--repeats", "2", "--threads", "1")
+    assert "┃ latency IQR ┃" in wide.stdout and "left out" not in wide.stdout
+    assert "1 thread" in wide.stdout and "median of 2 interleaved runs" in wide.stdout  # how it was timed, from the reports
 
 
 def test_per_layer_table_explains_what_it_counts(cli, chain):

@@ -36,7 +36,15 @@ def evaluate(
     _print_reports(reports, cfg.layers)
 
 
+# columns left out, in this order, while the table is wider than the terminal (all are in --json)
+_OPTIONAL = ("latency IQR", "top-5 %", "loss", "non-zero params")
+
+
 def _print_reports(reports, show_layers: bool) -> None:
+    import io
+
+    from rich.cells import cell_len
+    from rich.console import Console
     from rich.table import Table
 
     from prunecli._console import markup_safe, report_console
@@ -51,53 +59,93 @@ def _print_reports(reports, show_layers: bool) -> None:
     datasets = {(r.dataset, r.samples) for r in reports}
     title = "evaluate"
     if len(models) == 1 and len(datasets) == 1:  # shared by every row: said once, in the title
-        title += f": {markup_safe(reports[0].model)} on {markup_safe(reports[0].dataset)} ({reports[0].samples:,} test images)"
-    table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
-    columns = ["#", "checkpoint", "stage"] + (["model"] if len(models) > 1 else []) + (["dataset"] if len(datasets) > 1 else [])
-    columns += ["top-1 %", "top-5 %", "loss", "MACs", "params", "non-zero params"]
+        title += f": {markup_safe(reports[0].model)} on {markup_safe(reports[0].dataset)} ({reports[0].samples:,} images)"
     timed = [r for r in reports if r.latency_ms is not None]
-    if timed:
-        columns.append("latency ms")
-    if several:
-        columns.append("ratios to")
-    for col in columns:
-        left = col in ("checkpoint", "stage", "model", "dataset", "ratios to")
-        # a name is what tells the rows apart: wrapped when the terminal is narrow, never cut
-        table.add_column(col, justify="left" if left else "right", overflow="fold" if col == "checkpoint" else "ellipsis", no_wrap=col in ("#", "ratios to"))
 
     def rel(i: int, value, key: str) -> str:
         ref = refs[i]
         base = getattr(reports[ref], key) if ref is not None else None
         return f" ({value / base:.2f}x)" if base else ""
 
-    for i, r in enumerate(reports):
-        cells = [str(i + 1), labels[i], markup_safe(r.stage)]
-        if len(models) > 1:
-            cells.append(markup_safe(r.model))
-        if len(datasets) > 1:
-            cells.append(markup_safe(f"{r.dataset} ({r.samples:,})"))
-        cells += [f"{r.top1:.2f}", f"{r.top5:.2f}", f"{r.loss:.4f}"]
-        cells += [human(r.macs) + rel(i, r.macs, "macs"), human(r.params) + rel(i, r.params, "params"), human(r.nonzero_params) + rel(i, r.nonzero_params, "nonzero_params")]
-        if timed:
-            cells.append("-" if r.latency_ms is None else f"{r.latency_ms:.2f}" + rel(i, r.latency_ms, "latency_ms") + _latency_note(r, timed))
-        if several:
-            cells.append(f"#{refs[i] + 1}" if refs[i] is not None else "-")
-        table.add_row(*cells)
-    notes = ["non-zero params: parameters that are not exactly zero (masked or pruned weights are zero)"]
+    columns: dict[str, list[str]] = {"#": [str(i + 1) for i in range(len(reports))], "checkpoint": labels, "stage": [markup_safe(r.stage) for r in reports]}
+    if len(models) > 1:
+        columns["model"] = [markup_safe(r.model) for r in reports]
+    if len(datasets) > 1:
+        columns["dataset"] = [markup_safe(f"{r.dataset} ({r.samples:,})") for r in reports]
+    columns["top-1 %"] = [f"{r.top1:.2f}" for r in reports]
+    columns["top-5 %"] = [f"{r.top5:.2f}" for r in reports]
+    columns["loss"] = [f"{r.loss:.4f}" for r in reports]
+    columns["MACs"] = [human(r.macs) + rel(i, r.macs, "macs") for i, r in enumerate(reports)]
+    columns["params"] = [human(r.params) + rel(i, r.params, "params") for i, r in enumerate(reports)]
+    columns["non-zero params"] = [human(r.nonzero_params) + rel(i, r.nonzero_params, "nonzero_params") for i, r in enumerate(reports)]
+    if timed:
+        columns["latency ms"] = [
+            "-" if r.latency_ms is None else f"{r.latency_ms:.2f}" + rel(i, r.latency_ms, "latency_ms") + _latency_note(r, timed) for i, r in enumerate(reports)
+        ]
+        if any(_spread(r) for r in timed):
+            columns["latency IQR"] = [_spread(r) or "-" for r in reports]
+    if several:
+        columns["vs"] = [f"#{ref + 1}" if ref is not None else "-" for ref in refs]
+
+    def build(names: list[str]) -> Table:
+        table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+        for name in names:
+            left = name in ("checkpoint", "stage", "model", "dataset", "vs")
+            # nothing is cut with an ellipsis: text wraps at spaces, a name too long for its column folds
+            table.add_column(name, justify="left" if left else "right", overflow="fold", no_wrap=name in _NO_WRAP)
+        for i in range(len(reports)):
+            table.add_row(*(columns[name][i] for name in names))
+        return table
+
+    def fits(table: Table) -> bool:
+        """Whether the table renders within the width with no number, ratio or file name folded in two."""
+        trial = Console(file=io.StringIO(), width=out.width, color_system=None, legacy_windows=False, soft_wrap=out.soft_wrap)
+        trial.print(table)
+        text = trial.file.getvalue()
+        whole = [c for name in names if name not in ("stage", "model", "dataset") for c in columns[name]]
+        words = {w.replace("\\[", "[") for c in whole for w in c.split()}  # as printed: markup escapes gone
+        return max(map(cell_len, text.splitlines()), default=0) <= out.width and all(w in text for w in words)
+
+    names = list(columns)
+    dropped = []
+    table = build(names)
+    for optional in _OPTIONAL:  # a narrow terminal: fewer columns rather than numbers cut in half
+        if fits(table):
+            break
+        if optional in names:
+            names.remove(optional)
+            dropped.append(optional.removesuffix(" %"))
+            table = build(names)
+    notes = []
+    if "non-zero params" in names:
+        notes.append("non-zero params: parameters that are not exactly zero (masked or pruned weights are zero)")
     if several:
         notes.append(
-            "ratios to: the row's own ancestor in this table (a parent file named in its lineage, matched by sha256); "
+            "vs: ratios are to the row's own ancestor in this table (a parent file named in its lineage, matched by sha256); "
             "no ratio where none is listed, since ratios between unrelated models say nothing"
         )
     if timed:
-        shared = _latency_setting(timed[0])
-        if all(_latency_setting(r) == shared for r in timed):
-            notes.append(f"latency: median ms of one batch of {timed[0].latency_batch_size} in {timed[0].memory_format} format, models of the same input timed interleaved")
-    table.caption = "\n".join(notes)
-    table.caption_justify = "left"
+        notes.append(_latency_caption(timed, iqr="latency IQR" in names))
+    if dropped:
+        notes.append(f"left out to fit {out.width} columns: {', '.join(dropped)} (in --json, or on a wider terminal)")
     out.print(table)
+    for note in notes:  # under the table, not its caption: a long caption widens the table past the terminal
+        out.print(note)
     if show_layers:
         out.print(layer_widths_table("per-layer widths (columns: # above)", [f"#{i + 1}" for i in range(len(reports))], [r.layers for r in reports]))
+
+
+_NO_WRAP = ("#", "vs", "latency IQR")
+
+# the memory formats latency is measured in, as the layouts they name
+_LAYOUT = {"channels_last": "NHWC", "contiguous": "NCHW"}
+
+
+def _spread(r) -> str:
+    """ "15.10-16.20": the middle half of the timed runs, from the measurement's record (empty when none)."""
+    lat = r.latency if isinstance(r.latency, dict) else {}
+    q1, q3 = lat.get("q1_ms"), lat.get("q3_ms")
+    return f"{q1:.2f}-{q3:.2f}" if isinstance(q1, (int, float)) and isinstance(q3, (int, float)) and q3 > 0 else ""
 
 
 def _latency_setting(r) -> tuple:
@@ -105,7 +153,26 @@ def _latency_setting(r) -> tuple:
 
 
 def _latency_note(r, timed) -> str:
-    """The batch size and memory format in the cell, only when the rows differ in them (else the caption says)."""
-    if all(_latency_setting(t) == _latency_setting(timed[0]) for t in timed):
-        return ""
-    return f" (batch {r.latency_batch_size}, {r.memory_format})"
+    """What differs between the rows' measurements, in the cell (what they share is in the caption)."""
+    batch = "" if len({t.latency_batch_size for t in timed}) == 1 else f" b{r.latency_batch_size}"
+    layout = "" if len({t.memory_format for t in timed}) == 1 else f" {_LAYOUT.get(str(r.memory_format), r.memory_format)}"
+    return batch + layout
+
+
+def _latency_caption(timed, *, iqr: bool) -> str:
+    """How latency was measured, from what the reports recorded: runs, batch, threads, format, device, load."""
+    first = timed[0].latency if isinstance(timed[0].latency, dict) else {}
+    batches, formats = {r.latency_batch_size for r in timed}, {r.memory_format for r in timed}
+    parts = [f"one batch of {timed[0].latency_batch_size}" if len(batches) == 1 else "one batch (bN: of N)"]
+    threads = {(r.latency or {}).get("threads") for r in timed if isinstance(r.latency, dict)}
+    if len(threads) == 1 and isinstance(first.get("threads"), int) and first["threads"] > 0:
+        parts.append(f"{first['threads']} thread{'s' if first['threads'] != 1 else ''}")
+    parts.append(f"{timed[0].memory_format} format" if len(formats) == 1 else "each in its faster memory format (NHWC: channels_last, NCHW: contiguous)")
+    if first.get("device"):
+        parts.append(str(first["device"]))
+    loads = [r.latency.get("load") for r in timed if isinstance(r.latency, dict) and isinstance(r.latency.get("load"), (int, float))]
+    if loads:
+        parts.append(f"load average {max(loads):.1f}")
+    runs = f"median of {first['runs']} interleaved runs" if isinstance(first.get("runs"), int) else "median of interleaved runs"
+    text = f"latency ms: {runs} after warm-up; {', '.join(parts)}"
+    return text + ("; latency IQR: the middle half of the runs" if iqr else "")

@@ -120,7 +120,8 @@ def _metric_rows(metrics: dict, steps: list[dict]) -> list[tuple[str, str]]:
         measured = [st for st in steps if st.get("top1") is not None]
         if measured:
             st = measured[-1]
-            rows.append(("top-1", f"not measured on this file; {st['top1']:.2f}% after step {st['index']} ({st['command']}); prunecli evaluate measures it"))
+            since = ", ".join(later["command"] for later in steps[st["index"]:])  # the stages since, which may have changed it
+            rows.append(("top-1", f"not measured on this file: the last measured is {st['top1']:.2f}% after step {st['index']} ({st['command']}), before {since}; prunecli evaluate measures it"))
     if mt.get("max_abs_diff") is not None:
         rows.append(("compress check", f"masked and compressed outputs differ by at most {mt['max_abs_diff']:.2g} on a probe batch"))
     other = {k: v for k, v in metrics.items() if k not in _KNOWN_METRICS and v is not None}
@@ -154,9 +155,10 @@ def _lineage_table(steps: list[dict]):
     from rich.table import Table
 
     caption = "* once compressed: a masked file keeps its shapes until prunecli compress" if any(st.get("after_compress") for st in steps) else None
+    # times, versions, options and the parents' sha256 are in --json ("lineage"); a line keeps what a reader compares
     lin = Table(title="lineage (oldest first)", title_justify="left", caption=caption, caption_justify="left", show_edge=False, pad_edge=False)
-    for col, just in (("#", "right"), ("stage", "left"), ("settings", "left"), ("MACs", "right"), ("params", "right"), ("top-1 %", "right"), ("from", "left"), ("time (UTC)", "left")):
-        lin.add_column(col, justify=just, no_wrap=col in ("#", "stage", "top-1 %", "time (UTC)"))
+    for col, just in (("#", "right"), ("stage", "left"), ("settings", "left"), ("MACs", "right"), ("params", "right"), ("top-1 %", "right"), ("from", "left")):
+        lin.add_column(col, justify=just, no_wrap=col in ("#", "stage", "top-1 %"))
     for st in steps:
         resumed = f" (resumed x{st['resumed']})" if st.get("resumed") else ""
         lin.add_row(
@@ -167,7 +169,6 @@ def _lineage_table(steps: list[dict]):
             _change(st, "params"),
             _top1(st),
             st.get("parent") or "-",
-            _when(st.get("time")),
         )
     return lin
 
@@ -194,12 +195,6 @@ def _top1(st: dict) -> str:
     if best is not None and best > st["top1"] and st.get("best_epoch") is not None:
         text += f" (best {best:.2f} @{st['best_epoch']})"
     return text
-
-
-def _when(time) -> str:
-    """ISO time, to the minute: "2026-12-01 00:20"."""
-    text = str(time or "")
-    return text[:16].replace("T", " ") if len(text) >= 16 else (text or "-")
 
 
 def _sss_line(r: dict) -> str:

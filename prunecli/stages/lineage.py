@@ -162,7 +162,7 @@ def settings(command: str, options: dict, extra: Optional[dict], entry: dict) ->
         if _epochs(o):
             parts.append(f"{_epochs(o)} epoch{'' if _epochs(o) == 1 else 's'} while training" + (f", lr {as_number(o['lr']):g}" if as_number(o.get("lr")) is not None else ""))
         if o.get("compress"):
-            parts.append("compressed at once")
+            parts.append("--compress")
     elif command == "compress":
         if o.get("block-by-block"):
             method = o.get("method") or "sensitivity pruner"
