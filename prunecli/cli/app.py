@@ -11,6 +11,7 @@ import typer
 from prunecli import __version__
 from prunecli.cli.compress import compress
 from prunecli.cli.evaluate import evaluate
+from prunecli.cli.export import export
 from prunecli.cli.finetune import finetune
 from prunecli.cli.info import info
 from prunecli.cli.list_ import list_
@@ -53,6 +54,7 @@ app.command("prune")(prune)
 app.command("compress")(compress)
 app.command("finetune")(finetune)
 app.command("evaluate")(evaluate)
+app.command("export")(export)
 app.command("sensitivity")(sensitivity)
 app.command("info")(info)
 app.command("list")(list_)
