@@ -4,8 +4,8 @@
 file runs elsewhere: a TorchScript module through ``torch.jit.load``, an ONNX file through
 an ONNX Runtime session. Here each of them is a `Runtime`: a name and a callable that runs
 one batch. `measure_runtimes` times several of them the same way `measure_latencies`
-times modules (warm-up, then interleaved repeats, median with its spread, the machine's
-load average) and returns the same `Latency` records, so a report treats them alike.
+times modules (warm-up, then interleaved repeats, each starting at the next runtime in
+turn; median with its spread, the machine's load average) and returns the same `Latency` records, so a report treats them alike.
 
 ``threads`` applies to every runtime: PyTorch's intra-op threads for eager and TorchScript
 (set around the measurement), and the session's ``intra_op_num_threads`` for ONNX Runtime
@@ -74,9 +74,11 @@ def torchscript_runtime(source: Union[str, Path, bytes, torch.jit.ScriptModule])
 
 
 def onnxruntime_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("onnxruntime") is not None
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def onnxruntime_runtime(source: Union[str, Path, bytes], *, threads: Optional[int] = None) -> Runtime:
@@ -146,10 +148,13 @@ def _measure(runtimes: list[Runtime], input_shape, batch_size: int, warmup: int,
         for _ in range(warmup):
             rt.run(x)
     started = time.perf_counter()
+    n = len(runtimes)
     for r in range(repeats):
-        for i, rt in enumerate(runtimes):
+        # each repeat starts at the next runtime: none always runs right after the same other
+        # one (a large model's freed activations, caches it cooled), whose cost it would inherit
+        for i in [(r + k) % n for k in range(n)]:
             t0 = time.perf_counter()
-            rt.run(x)
+            runtimes[i].run(x)
             samples[i].append((time.perf_counter() - t0) * 1000.0)
         if r >= 4 and time.perf_counter() - started > max_seconds:
             break
