@@ -128,7 +128,7 @@ def _export(source: Path, cfg: ExportConfig, fmt: ExportFormat, output: Path) ->
             net = copy.deepcopy(model).eval()
             notes.append(f"BatchNorm not folded: {e}")
     if cfg.fold_bn and not folded and not any(n.startswith("BatchNorm not folded") for n in notes):
-        notes.append("no BatchNorm directly follows a conv in this model: nothing to fold")
+        notes.append("no BatchNorm (left) directly follows a conv in this model: nothing to fold")
 
     metadata = _metadata(ckpt, source, folded)
     if fmt is ExportFormat.torchscript:
@@ -169,10 +169,10 @@ def _export(source: Path, cfg: ExportConfig, fmt: ExportFormat, output: Path) ->
 
 
 def _require_onnx() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("onnx") is None:
-        raise PruneCliError(f"--format onnx needs the onnx package (torch's ONNX exporter writes through it): {ONNX_EXTRA}")
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise PruneCliError(f"--format onnx needs the onnx package (torch's ONNX exporter writes through it): {ONNX_EXTRA}") from None
 
 
 def _refuse_masked(ckpt: Checkpoint, model: torch.nn.Module, source: Path) -> None:
