@@ -70,7 +70,7 @@ def fold_checkpoint(ckpt: Checkpoint, model: nn.Module, *, verify: bool = True) 
         ckpt,
         converters=list(ckpt.converters) + [{"name": CONVERTER, "args": {"pairs": [list(p) for p in pairs]}}],
         structure=rewire_history(copy.deepcopy(ckpt.structure), pairs),
-        state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        state_dict=model.state_dict(),  # as derive_compressed does: saving copies it to the CPU
         masks=masks,
         extra=extra,
     )
