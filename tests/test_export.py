@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import prunecli.api as pc
-from prunecli.checkpoint import save_checkpoint
+from prunecli.checkpoint import load_checkpoint, save_checkpoint
 from prunecli.errors import PruneCliError
 from prunecli.models import ModelSpec, build_model, example_input, list_models
 from prunecli.models.folding import CONVERTER, FoldedBatchNorm, fold_batchnorm, foldable_pairs, inference_only_reason
@@ -256,6 +256,13 @@ def test_a_folded_checkpoint_refuses_finetuning_and_exports(cli, tmp_path, resne
     r = cli("export", folded, "-o", tmp_path / "f.pt", "--json")
     report = json.loads(r.stdout)
     assert r.code == 0 and report["batchnorm_folded"] == 0 and report["max_abs_diff"] < 1e-4
+
+    from dataclasses import replace
+
+    damaged = load_checkpoint(folded)
+    damaged = replace(damaged, converters=[{"name": CONVERTER, "args": {"pairs": [["nope", "bn1"]]}}])
+    line = one_line_error(cli("export", save_checkpoint(damaged, tmp_path / "damaged.pt"), "-o", tmp_path / "d.pt"))
+    assert "'nope' is not a conv" in line
 
 
 # ---------------------------------------------------------------------------- runtime latency

@@ -59,6 +59,8 @@ from typing import Iterable, Optional, Sequence, TypeVar
 import torch
 from torch import nn
 
+from prunecli.config._base import short_repr
+from prunecli.errors import PruneCliError
 from prunecli.models.build import register_converter
 
 CONVERTER = "fold-batchnorm"
@@ -187,16 +189,19 @@ def fold_pairs(model: M, *, pairs: Sequence[Sequence[str]]) -> M:
     placeholders that the checkpoint's state dict then replaces; what matters there is the
     structure it leaves (conv biases, no BatchNorms).
     """
+    # the pairs come from a file: what does not fit is one line naming it, not an internal error
+    if not isinstance(pairs, (list, tuple)):
+        raise PruneCliError(f"BatchNorm folding: its pairs are a {type(pairs).__name__}, not a list (a damaged checkpoint?)")
     modules = dict(model.named_modules())
     for pair in pairs:
         if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise ValueError(f"BatchNorm folding: {pair!r} is not a [conv, batchnorm] pair")
+            raise PruneCliError(f"BatchNorm folding: {short_repr(pair)} is not a [conv, batchnorm] pair (a damaged checkpoint?)")
         conv_name, bn_name = (str(p) for p in pair)
         conv, bn = modules.get(conv_name), modules.get(bn_name)
         if not _foldable_layer(conv):
-            raise ValueError(f"BatchNorm folding: {conv_name!r} is not a conv or linear layer of this model")
+            raise PruneCliError(f"BatchNorm folding: {short_repr(conv_name)} is not a conv or linear layer of this model")
         if not isinstance(bn, _BN_TYPES) or bn.running_mean is None:
-            raise ValueError(f"BatchNorm folding: {bn_name!r} is not a BatchNorm with running statistics of this model")
+            raise PruneCliError(f"BatchNorm folding: {short_repr(bn_name)} is not a BatchNorm with running statistics of this model")
         fold_pair(conv, bn)
         parent_name, _, attr = bn_name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, attr, FoldedBatchNorm(conv_name, bn.num_features))
