@@ -64,6 +64,8 @@ from prunecli.data import DataBundle
 from prunecli.data.loaders import epoch_seed, make_batches
 from prunecli.engine.callbacks import KILL_ENV
 from prunecli.engine.loop import evaluate
+from prunecli.errors import PruneCliError
+from prunecli.models.folding import inference_only_reason
 from prunecli.surgery.units import Producer, Unit
 
 BETA_RANGE = 100  # iterations per beta step (the reference's --beta_range)
@@ -272,6 +274,9 @@ def train_block(
     ``save(state)`` runs after every epoch but the last with everything a resumed call
     needs (``resume=state``) to end exactly as an uninterrupted one.
     """
+    folded = inference_only_reason(model)  # its own loop, not the Trainer's: the same refusal
+    if folded:
+        raise PruneCliError(folded)
     train_batches = make_batches(bundle, "train", batch_size=cfg.batch_size, device=device, train=True, seed=cfg.seed, workers=cfg.workers)
     # validation batches of at least 256: the batch size does not change an eval-mode result, and
     # small pruning batches (the reference prunes with 12) would make validation dominate the run

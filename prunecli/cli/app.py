@@ -12,6 +12,7 @@ from prunecli import __version__
 from prunecli.cli._help import HelpCommand, HelpGroup
 from prunecli.cli.compress import compress
 from prunecli.cli.evaluate import evaluate
+from prunecli.cli.export import export
 from prunecli.cli.finetune import finetune
 from prunecli.cli.info import info
 from prunecli.cli.list_ import list_
@@ -56,6 +57,7 @@ app.command("prune", cls=HelpCommand)(prune)
 app.command("compress", cls=HelpCommand)(compress)
 app.command("finetune", cls=HelpCommand)(finetune)
 app.command("evaluate", cls=HelpCommand)(evaluate)
+app.command("export", cls=HelpCommand)(export)
 app.command("sensitivity", cls=HelpCommand)(sensitivity)
 app.command("info", cls=HelpCommand)(info)
 app.command("list", cls=HelpCommand)(list_)

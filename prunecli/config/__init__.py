@@ -9,6 +9,7 @@ from __future__ import annotations
 from prunecli.config._base import OptionSpec, StageConfig, option_specs
 from prunecli.config.compress import CompressConfig
 from prunecli.config.evaluate import EvaluateConfig
+from prunecli.config.export import ExportConfig, ExportFormat
 from prunecli.config.inspect import InfoConfig, ListConfig
 from prunecli.config.prune import Granularity, Protect, PruneConfig, Scope, Selection
 from prunecli.config.sensitivity import SensitivityConfig
@@ -16,7 +17,7 @@ from prunecli.config.train import FinetuneConfig, Optimizer, Schedule, TrainConf
 
 STAGE_CONFIGS: dict[str, type[StageConfig]] = {
     c.command: c
-    for c in (TrainConfig, PruneConfig, CompressConfig, FinetuneConfig, EvaluateConfig, InfoConfig, ListConfig, SensitivityConfig)
+    for c in (TrainConfig, PruneConfig, CompressConfig, FinetuneConfig, EvaluateConfig, InfoConfig, ListConfig, SensitivityConfig, ExportConfig)
 }
 
 
@@ -36,6 +37,8 @@ def flag_for(name: str) -> str:
 __all__ = [
     "CompressConfig",
     "EvaluateConfig",
+    "ExportConfig",
+    "ExportFormat",
     "FinetuneConfig",
     "Granularity",
     "InfoConfig",

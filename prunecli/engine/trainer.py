@@ -56,6 +56,7 @@ from prunecli.engine.loop import EpochStats, EvalResult, evaluate, train_one_epo
 from prunecli.engine.optim import build_optimizer, build_scheduler
 from prunecli._progress import epoch_bar
 from prunecli.errors import PruneCliError
+from prunecli.models.folding import inference_only_reason
 from prunecli.surgery.masks import bind_masks
 
 
@@ -270,6 +271,9 @@ class Trainer:
         permutation of ``--shuffle-labels`` (default ``cfg.seed``).
         """
         cfg, device, dist, epochs = self.cfg, self.device, self.dist, self.epochs
+        folded = inference_only_reason(model)  # BatchNorm folded for inference: nothing left to train with
+        if folded:
+            raise PruneCliError(folded)
         world = dist.world_size
         check_global_batch(cfg, world)
         amp_dtype = amp_dtype_for(cfg, device)

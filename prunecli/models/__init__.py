@@ -15,6 +15,7 @@ from prunecli.models._registry import (
 )
 from prunecli.models.build import build_model, example_input, rebuild, register_converter
 from prunecli.models import channel_selection as _channel_selection  # noqa: F401  registers its converter
+from prunecli.models import folding as _folding  # noqa: F401  registers its converter (BatchNorm folding)
 from prunecli.models import tv as _tv  # noqa: F401  registers torchvision's pruning fix-ups (imports no torchvision)
 from prunecli.models import residual as _residual  # noqa: F401  registers the drop-blocks converter
 

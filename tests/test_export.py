@@ -1,0 +1,285 @@
+"""Inference form: BatchNorm folding on every zoo model, folded checkpoints that rebuild
+(also after compression), `prunecli export` round trips (TorchScript; ONNX when onnx and
+onnxruntime are installed, skipped otherwise), runtime latency, and bad input in one line."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import prunecli.api as pc
+from prunecli.checkpoint import load_checkpoint, save_checkpoint
+from prunecli.errors import PruneCliError
+from prunecli.models import ModelSpec, build_model, example_input, list_models
+from prunecli.models.folding import CONVERTER, FoldedBatchNorm, fold_batchnorm, foldable_pairs, inference_only_reason
+from prunecli.stages.checkpoints import load_model
+from prunecli.stages.fold import fold_checkpoint
+from prunecli.surgery.equivalence import difference, outputs, probe_batch
+
+from conftest import final_error_line, one_line_error
+
+# torch 2.14 marks torch.jit deprecated (in favour of torch.export); the tests use it on purpose
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning:torch.jit.*")
+
+SMALL = {"resnext29": dict(cardinality=2, base_width=4), "mobilenetv2": dict(width_mult=0.5)}  # as tests/test_core.py
+# pre-activation families: a BatchNorm that reads the residual stream or a concatenation
+# (BN -> ReLU -> conv) has no conv right before it and stays
+PRE_ACTIVATION = ("densenet40", "preresnet164")
+_BN = torch.nn.modules.batchnorm._BatchNorm
+
+
+def _spec(model: str) -> ModelSpec:
+    return ModelSpec(model, 3, 10, 28 if model == "lenet300_100" else 16, SMALL.get(model, {}))
+
+
+def _trained_like(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """BatchNorm statistics and affine terms away from their initial 0/1, as after training
+    (a fold that mixed up mean, variance, scale or shift would pass on the initial values)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, _BN):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.2)
+    return model
+
+
+# ---------------------------------------------------------------------------- folding
+
+
+@pytest.mark.parametrize("model", list_models())
+def test_folding_equals_the_unfolded_model_on_every_zoo_model(model):
+    spec = _spec(model)
+    torch.manual_seed(0)
+    net = _trained_like(build_model(spec).eval())
+    probe = probe_batch(spec, 4)
+    expected = outputs(net, probe)
+    norms = sum(isinstance(m, _BN) for m in net.modules())
+    folded_net = copy.deepcopy(net)
+    folded = fold_batchnorm(folded_net, example_input(spec), name=model)
+    diff, same = difference(expected, outputs(folded_net, probe))
+    assert same, (model, diff)
+    left = sum(isinstance(m, _BN) for m in folded_net.modules())
+    assert folded + left == norms
+    assert sum(isinstance(m, FoldedBatchNorm) for m in folded_net.modules()) == folded
+    if model in PRE_ACTIVATION:
+        assert left > 0  # the stream BatchNorms stay
+        assert (folded > 0) == (model == "preresnet164"), folded  # its bottlenecks have conv -> BN inside
+    else:
+        assert left == 0, model  # post-activation: every BatchNorm follows its conv
+    assert (inference_only_reason(folded_net) is not None) == (folded > 0)
+
+
+def test_folding_reads_the_computation_not_the_module_order():
+    """A BatchNorm registered after a conv but fed by something else, and a conv whose output
+    is also read elsewhere, do not fold; the true conv -> BN pair does."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv_a = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.bn_after_relu = torch.nn.BatchNorm2d(4)  # follows conv_a in module order, not in the computation
+            self.conv_b = torch.nn.Conv2d(4, 4, 3, padding=1, bias=False)
+            self.bn_b = torch.nn.BatchNorm2d(4)
+            self.conv_c = torch.nn.Conv2d(4, 4, 1, bias=False)
+            self.bn_c = torch.nn.BatchNorm2d(4)  # conv_c's output is also added to the result
+
+        def forward(self, x):
+            x = self.bn_after_relu(torch.relu(self.conv_a(x)))
+            x = self.bn_b(self.conv_b(x))
+            c = self.conv_c(x)
+            return self.bn_c(c) + c
+
+    net = _trained_like(Net().eval())
+    x = torch.randn(2, 3, 8, 8)
+    assert foldable_pairs(net, x) == [("conv_b", "bn_b")]
+    expected = outputs(net, x)
+    assert fold_batchnorm(net, x) == 1 and isinstance(net.bn_b, FoldedBatchNorm) and isinstance(net.bn_c, _BN)
+    assert difference(expected, outputs(net, x))[1]
+
+
+def test_a_folded_model_refuses_training_in_one_line():
+    from prunecli.config import TrainingOptions
+    from prunecli.data import get_dataset
+    from prunecli.engine.trainer import Trainer
+
+    spec = ModelSpec("resnet20", 3, 10, 8)
+    net = build_model(spec)
+    fold_batchnorm(net, example_input(spec))
+    data = get_dataset("synthetic", image_size=8)
+    with pytest.raises(PruneCliError, match="inference only.*fine-tune the checkpoint from before folding"):
+        Trainer(TrainingOptions(epochs=1, device="cpu")).fit(net, data)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+
+def _pipeline(tmp: Path, model: str, **kwargs) -> tuple[Path, Path]:
+    """(masked, compressed) checkpoints of ``model`` at 8x8, BatchNorms as if trained."""
+    net = pc.build(model, image_size=8, **kwargs)
+    _trained_like(net.module)
+    pc.prune(net, "l1", rate=0.5)
+    masked = pc.save(net, tmp / f"{model}.masked.pt")
+    pc.compress(net)
+    return masked, pc.save(net, tmp / f"{model}.compressed.pt")
+
+
+@pytest.fixture(scope="module")
+def resnet20_files(tmp_path_factory) -> tuple[Path, Path]:
+    return _pipeline(tmp_path_factory.mktemp("export"), "resnet20")
+
+
+@pytest.mark.parametrize("model", ["resnet20", "mobilenetv2"])
+def test_a_compressed_then_folded_checkpoint_rebuilds_and_matches(model, tmp_path, resnet20_files):
+    compressed = resnet20_files[1] if model == "resnet20" else _pipeline(tmp_path, model, **SMALL[model])[1]
+    ckpt, net = load_model(compressed)
+    probe = probe_batch(ckpt.model)
+    expected = outputs(net, probe)
+    folded, folded_net, count = fold_checkpoint(ckpt, net)
+    assert count == sum(isinstance(m, FoldedBatchNorm) for m in folded_net.modules()) > 0
+    assert folded.converters[-1]["name"] == CONVERTER and len(folded.converters[-1]["args"]["pairs"]) == count
+    assert folded.structure == ckpt.structure  # the history replays after the fold converter
+    path = save_checkpoint(folded, tmp_path / "folded.pt")
+    again, rebuilt = load_model(path)  # spec -> converters (fold) -> compressed structure -> weights
+    assert not any(isinstance(m, _BN) for m in rebuilt.modules())
+    assert difference(expected, outputs(rebuilt, probe))[1]
+    assert again.extra["fold_bn"]["folded"] == count
+
+
+def test_fold_checkpoint_after_channel_selection_and_with_nothing_to_fold(tmp_path):
+    """Converters in order (channel selection, then the fold) rebuild; a model without BatchNorm comes back as it was."""
+    from prunecli.models.channel_selection import insert_channel_selection, stream_norms
+
+    net = pc.build("preresnet164", image_size=8)
+    norms = stream_norms(net.module)
+    insert_channel_selection(net.module, norms=norms)
+    _trained_like(net.module)
+    from dataclasses import replace
+
+    net.checkpoint = replace(net.checkpoint, converters=[{"name": "channel-selection", "args": {"norms": norms}}])
+    ckpt, model = load_model(pc.save(net, tmp_path / "selected.pt"))
+    probe = probe_batch(ckpt.model, 4)
+    expected = outputs(model, probe)
+    folded, _, count = fold_checkpoint(ckpt, model)
+    assert count > 0 and [c["name"] for c in folded.converters] == ["channel-selection", CONVERTER]
+    assert difference(expected, outputs(load_model(save_checkpoint(folded, tmp_path / "f.pt"))[1], probe))[1]
+
+    plain = pc.build("conv4", image_size=8)
+    ckpt, model = load_model(pc.save(plain, tmp_path / "conv4.pt"))
+    same, _, count = fold_checkpoint(ckpt, model)
+    assert count == 0 and same is ckpt
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def test_export_torchscript_round_trips(cli, tmp_path, resnet20_files):
+    compressed = resnet20_files[1]
+    out = tmp_path / "r20.ts.pt"
+    r = cli("export", compressed, "--format", "torchscript", "-o", out)
+    assert r.code == 0, r.stderr
+    assert r.path == out and "max |exported - checkpoint|" in r.stderr and "19 BatchNorm layers folded" in r.stderr
+    ckpt, net = load_model(compressed)
+    probe = probe_batch(ckpt.model, 5)  # another batch size than the trace's
+    extra = {"prunecli.json": ""}
+    loaded = torch.jit.load(str(out), _extra_files=extra)
+    with torch.no_grad():
+        assert difference(outputs(net, probe), loaded(probe))[1]
+    meta = json.loads(extra["prunecli.json"])
+    assert meta["input_shape"] == [3, 8, 8] and meta["batchnorm_folded"] == 19 and meta["source"] == str(compressed)
+
+    r = cli("export", compressed, "-o", tmp_path / "r20b.pt", "--json", "--no-fold-bn")
+    report = json.loads(r.stdout)
+    assert r.code == 0 and report["batchnorm_folded"] == 0 and report["checked_with"] == "torchscript" and report["max_abs_diff"] < 1e-4
+
+
+def test_export_onnx_round_trips_when_onnxruntime_is_installed(cli, tmp_path, resnet20_files):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    compressed = resnet20_files[1]
+    out = tmp_path / "r20.onnx"
+    r = cli("export", compressed, "-o", out, "--latency", "--threads", "1", "--repeats", "3", "-b", "2")  # format from the suffix
+    assert r.code == 0, r.stderr
+    assert r.path == out and "(onnxruntime)" in r.stderr and "latency, interleaved" in r.stderr
+    ckpt, net = load_model(compressed)
+    probe = probe_batch(ckpt.model, 3)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"input": probe.numpy()})[0])
+    assert difference(outputs(net, probe), got)[1]
+    assert json.loads(session.get_modelmeta().custom_metadata_map["prunecli"])["batchnorm_folded"] == 19
+
+
+def test_export_onnx_without_onnxruntime_is_written_unchecked_with_a_note(cli, tmp_path, resnet20_files, monkeypatch):
+    pytest.importorskip("onnx")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now fails
+    r = cli("export", resnet20_files[1], "--format", "onnx", "-o", tmp_path / "m.onnx", "--json")
+    assert r.code == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["checked_with"] is None and report["max_abs_diff"] is None
+    assert [n for n in report["notes"] if "onnxruntime is not installed" in n and "prunecli[onnx]" in n]
+    assert (tmp_path / "m.onnx").stat().st_size == report["size"]
+
+
+def test_export_bad_input_is_one_line_and_writes_nothing(cli, tmp_path, resnet20_files, monkeypatch):
+    masked, compressed = resnet20_files
+    line = one_line_error(cli("export", compressed, "--format", "tflite", "-o", tmp_path / "x.pt"), 2)
+    assert "tflite" in line and "torchscript" in line
+    line = one_line_error(cli("export", masked, "-o", tmp_path / "x.pt"))
+    assert "masked, not compressed" in line and f"prunecli compress {masked}" in line
+    one_line_error(cli("export", compressed, "--format", "torchscript", "-o", tmp_path / "x.onnx"), 2)
+    one_line_error(cli("export", compressed, "--opset", "17", "-o", tmp_path / "x.pt"), 2)
+    existing = tmp_path / "exists.pt"
+    existing.write_bytes(b"keep")
+    line = one_line_error(cli("export", compressed, "-o", existing), 2)
+    assert "already exists" in line and "--overwrite" in line and existing.read_bytes() == b"keep"
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    line = one_line_error(cli("export", compressed, "-o", tmp_path / "y.onnx"))
+    assert "onnx package" in line and "prunecli[onnx]" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exists.pt"]
+
+
+def test_a_folded_checkpoint_refuses_finetuning_and_exports(cli, tmp_path, resnet20_files):
+    ckpt, net = load_model(resnet20_files[1])
+    folded = save_checkpoint(fold_checkpoint(ckpt, net)[0], tmp_path / "folded.pt")
+    line = final_error_line(cli("finetune", folded, "--dataset", "synthetic", "--epochs", "1", "--device", "cpu", "-o", tmp_path / "ft.pt"), 1)
+    assert "inference only" in line and not (tmp_path / "ft.pt").exists()
+    r = cli("export", folded, "-o", tmp_path / "f.pt", "--json")
+    report = json.loads(r.stdout)
+    assert r.code == 0 and report["batchnorm_folded"] == 0 and report["max_abs_diff"] < 1e-4
+
+    from dataclasses import replace
+
+    damaged = load_checkpoint(folded)
+    damaged = replace(damaged, converters=[{"name": CONVERTER, "args": {"pairs": [["nope", "bn1"]]}}])
+    line = one_line_error(cli("export", save_checkpoint(damaged, tmp_path / "damaged.pt"), "-o", tmp_path / "d.pt"))
+    assert "'nope' is not a conv" in line
+
+
+# ---------------------------------------------------------------------------- runtime latency
+
+
+def test_runtimes_are_timed_interleaved_and_files_open_in_their_runtime(tmp_path, resnet20_files):
+    from prunecli.metrics.runtimes import eager_runtime, measure_runtimes, open_exported, torchscript_runtime
+
+    ckpt, net = load_model(resnet20_files[1])
+    traced = torch.jit.trace(copy.deepcopy(net), example_input(ckpt.model))
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)
+    path = tmp_path / "m.pt"
+    path.write_bytes(buf.getvalue())
+    assert zipfile.is_zipfile(path) and open_exported(path).name == "torchscript"
+    lats = measure_runtimes([eager_runtime(net), torchscript_runtime(buf.getvalue())], (3, 8, 8), batch_size=2, repeats=3, warmup=1, threads=1)
+    assert [lat.runs for lat in lats] == [3, 3] and all(lat.median_ms > 0 and lat.threads == 1 for lat in lats)
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(PruneCliError):
+        open_exported(tmp_path / "junk.onnx")
