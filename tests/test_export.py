@@ -283,3 +283,27 @@ def test_runtimes_are_timed_interleaved_and_files_open_in_their_runtime(tmp_path
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(PruneCliError):
         open_exported(tmp_path / "junk.onnx")
+
+
+# ---------------------------------------------------------------------------- compress --fold-bn
+
+
+def test_compress_fold_bn_writes_a_folded_compressed_file_that_matches(cli, tmp_path, resnet20_files):
+    masked = resnet20_files[0]
+    plain = cli("compress", masked, "--no-latency", "--json", "-o", tmp_path / "plain.pt")
+    folded = cli("compress", masked, "--no-latency", "--fold-bn", "--json", "-o", tmp_path / "folded.pt")
+    assert plain.code == 0 and folded.code == 0
+    report = json.loads(folded.stdout)
+    assert any("folded 19 BatchNorm" in n and "inference-only" in n for n in report["notes"])
+    ckpt, net = load_model(tmp_path / "folded.pt")
+    _, unfolded = load_model(tmp_path / "plain.pt")
+    assert not any(isinstance(m, _BN) for m in net.modules())
+    probe = probe_batch(ckpt.model)
+    assert difference(outputs(unfolded, probe), outputs(net, probe))[1]
+    assert ckpt.extra["fold_bn"]["folded"] == 19 and ckpt.metrics["params"] == report["params_after"]
+    line = final_error_line(cli("finetune", tmp_path / "folded.pt", "--dataset", "synthetic", "--epochs", "1", "-o", tmp_path / "ft.pt"), 1)
+    assert "inference only" in line and not (tmp_path / "ft.pt").exists()
+    # folding a dense file is worth writing (no --force); block by block refuses the flag in one line
+    assert cli("compress", tmp_path / "plain.pt", "--no-latency", "--fold-bn", "-o", tmp_path / "again.pt").code == 0
+    line = one_line_error(cli("compress", masked, "--block-by-block", "--method", "l1", "--rate", "0.5", "--fold-bn", "-o", tmp_path / "b.pt"), 2)
+    assert "--fold-bn" in line and not (tmp_path / "b.pt").exists()

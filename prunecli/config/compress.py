@@ -80,6 +80,13 @@ class CompressConfig(StageConfig):
     # None: cpu (the compressed model is what gets deployed; CPU latency is what most users ask
     # about); auto for block-by-block, which trains
     device: Optional[str] = option(None, help="auto, cpu, cuda or cuda:N: where latency is measured (block by block: trains; default auto).", panel=PANEL_RUN)
+    # inference form: a folded file refuses training (prunecli.stages.fold), so it is opt-in
+    fold_bn: bool = option(
+        False,
+        help="Fold every BatchNorm that directly follows a conv into it (inference-only: training the result is refused).",
+        panel=PANEL_OUT,
+        negatable=False,
+    )
     latency: bool = option(True, help="Measure latency before and after.", panel=PANEL_RUN)
     repeats: int = option(10, help="Timed batches per model.", panel=PANEL_RUN, min=1)
     # a dense file has nothing to remove: writing a copy only drops its optimizer state
@@ -114,6 +121,8 @@ class CompressConfig(StageConfig):
             if self.unit_finetune_epochs:
                 raise OptionError("{unit_finetune_epochs} trains after each block: it needs {block_by_block}")
             return
+        if self.fold_bn:
+            raise OptionError("{fold_bn} folds the finished model: compress block by block first, then `prunecli compress OUT --fold-bn`")
         if self.method is None or self.rate is None:
             raise OptionError("{block_by_block} needs {method} M and {rate} R (the fraction of each block's channels removed)")
         check_rate(self.rate, "rate")

@@ -15,6 +15,10 @@ recorded removal names the full network's layers); the notes say so.
 
 The compressed model is checked against the masked one on a probe batch before anything
 is written: the check covers the dropped blocks and the removed channels together.
+
+``--fold-bn`` then folds every BatchNorm that directly follows a conv
+(prunecli.stages.fold, which checks folded == unfolded and that the file rebuilds); the
+latency measured is the folded model's.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from prunecli.models import example_input
 from prunecli.models.residual import DROP_BLOCKS, dead_blocks, drop_blocks, without_blocks
 from prunecli.outputs import claim_output
 from prunecli.stages.checkpoints import derive_compressed, load_model
+from prunecli.stages.fold import fold_checkpoint
 from prunecli.surgery.equivalence import difference, first_differing_unit, outputs, probe_batch
 from prunecli.surgery.pruner import Pruner
 
@@ -110,7 +115,7 @@ def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport
     notes += plan.notes
     if not plan.units and not dropped:
         pruned = ckpt.masks or any(e.get("command") == "prune" for e in ckpt.lineage)
-        if not pruned and not cfg.force:
+        if not pruned and not cfg.force and not cfg.fold_bn:  # folding alone is worth a file
             # never pruned: the only saving would be the optimizer state the file no longer carries. (A pruning
             # run that removed nothing, e.g. SSS with no gate at zero, still writes: pipelines and recipes go on.)
             raise NothingToRemove(
@@ -135,6 +140,23 @@ def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport
         )
 
     before, after = count_complexity(reference, shape), count_complexity(model, shape)
+    removed = [(p.unit.root, p.size, p.kept) for p in plan.units]
+    extra = dict(ckpt.extra)
+    extra.pop("rewind", None)  # rewind weights have the uncompressed shapes: they no longer fit
+    extra["compress"] = {"removed": [list(r) for r in removed], "dropped_blocks": list(dropped)}
+    metrics = dict(ckpt.metrics)
+    metrics.update(macs=after.macs, params=after.params, macs_before_compress=before.macs, max_abs_diff=diff)
+    out = derive_compressed(ckpt, "compress", cfg.to_options(), model, removal.history, removal.kept, metrics=metrics, extra=extra)
+    if cfg.fold_bn:
+        # after the removal: folding is recorded as a converter, and converters replay before the removal history
+        out, model, folded = fold_checkpoint(out, model)
+        if folded:
+            after = count_complexity(model, shape)  # a BatchNorm's scale and shift go, a conv bias comes
+            out = replace(out, metrics={**out.metrics, "macs": after.macs, "params": after.params})
+            notes.append(f"folded {folded} BatchNorm(s) into the convs before them: the file is inference-only (finetune refuses it)")
+        else:
+            notes.append("--fold-bn: no BatchNorm directly follows a conv here; nothing folded")
+    out = with_result(out, macs_before=before.macs, params_before=before.params, macs_after=after.macs, params_after=after.params, compressed=True)
     lat_before = lat_after = None
     latency = None
     if cfg.latency:
@@ -144,14 +166,6 @@ def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport
         why = unreliable([lb, la])
         if why:
             notes.append(why)
-    removed = [(p.unit.root, p.size, p.kept) for p in plan.units]
-    extra = dict(ckpt.extra)
-    extra.pop("rewind", None)  # rewind weights have the uncompressed shapes: they no longer fit
-    extra["compress"] = {"removed": [list(r) for r in removed], "dropped_blocks": list(dropped)}
-    metrics = dict(ckpt.metrics)
-    metrics.update(macs=after.macs, params=after.params, macs_before_compress=before.macs, max_abs_diff=diff)
-    out = derive_compressed(ckpt, "compress", cfg.to_options(), model, removal.history, removal.kept, metrics=metrics, extra=extra)
-    out = with_result(out, macs_before=before.macs, params_before=before.params, macs_after=after.macs, params_after=after.params, compressed=True)
     save_checkpoint(out, output)
     left = sum(int((~m).sum()) for m in out.masks.values())
     pruned_as = (ckpt.extra.get("prune") or {}).get("granularity") if isinstance(ckpt.extra.get("prune"), dict) else None
