@@ -307,3 +307,35 @@ def test_compress_fold_bn_writes_a_folded_compressed_file_that_matches(cli, tmp_
     assert cli("compress", tmp_path / "plain.pt", "--no-latency", "--fold-bn", "-o", tmp_path / "again.pt").code == 0
     line = one_line_error(cli("compress", masked, "--block-by-block", "--method", "l1", "--rate", "0.5", "--fold-bn", "-o", tmp_path / "b.pt"), 2)
     assert "--fold-bn" in line and not (tmp_path / "b.pt").exists()
+
+
+# ---------------------------------------------------------------------------- evaluate --runtime
+
+
+def test_evaluate_runtime_times_the_deployed_model_and_refuses_a_missing_runtime(cli, tmp_path, resnet20_files, monkeypatch):
+    masked, compressed = resnet20_files
+    for runtime in ("torchscript", "eager"):
+        r = cli("evaluate", masked, compressed, "--dataset", "synthetic", "--runtime", runtime, "--repeats", "2", "--threads", "1", "-b", "2", "--json", "--no-layers")
+        assert r.code == 0, r.stderr
+        rows = json.loads(r.stdout)
+        assert all(row["latency"]["runtime"] == runtime and row["latency_ms"] > 0 for row in rows)
+        assert {row["memory_format"] for row in rows} <= ({"contiguous"} if runtime == "torchscript" else {"contiguous", "channels_last"})
+    r = cli("evaluate", compressed, "--dataset", "synthetic", "--runtime", "torchscript", "--repeats", "2", "-b", "2", "--no-layers")
+    assert "in torchscript (the exported model, BatchNorm folded)" in r.stdout + r.stderr
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    line = one_line_error(cli("evaluate", compressed, "--runtime", "onnxruntime"))
+    assert "onnxruntime" in line and "prunecli[onnx]" in line
+    assert cli("evaluate", compressed, "--dataset", "synthetic", "--runtime", "onnxruntime", "--no-latency", "--no-layers").code == 0  # nothing timed: not needed
+
+
+def test_deployed_runtime_matches_the_module(resnet20_files):
+    from prunecli.stages.export import deployed_runtime
+
+    ckpt, net = load_model(resnet20_files[1])
+    probe = probe_batch(ckpt.model)
+    expected = outputs(net, probe)
+    runtime, folded = deployed_runtime(net, ckpt.model, "torchscript", threads=1)
+    assert folded == 19 and runtime.name == "torchscript"
+    with torch.inference_mode():
+        assert difference(expected, runtime(probe))[1]
+    assert any(isinstance(m, _BN) for m in net.modules())  # the module itself is left unfolded

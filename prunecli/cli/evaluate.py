@@ -164,6 +164,9 @@ def _latency_caption(timed, *, iqr: bool) -> str:
     first = timed[0].latency if isinstance(timed[0].latency, dict) else {}
     batches, formats = {r.latency_batch_size for r in timed}, {r.memory_format for r in timed}
     parts = [f"one batch of {timed[0].latency_batch_size}" if len(batches) == 1 else "one batch (bN: of N)"]
+    runtime = first.get("runtime")
+    if runtime and runtime != "eager":
+        parts.insert(0, f"in {runtime} (the exported model, BatchNorm folded)")
     threads = {(r.latency or {}).get("threads") for r in timed if isinstance(r.latency, dict)}
     if len(threads) == 1 and isinstance(first.get("threads"), int) and first["threads"] > 0:
         parts.append(f"{first['threads']} thread{'s' if first['threads'] != 1 else ''}")

@@ -14,6 +14,12 @@ class Split(str, enum.Enum):
     train = "train"  # the memorisation test of shuffled labels reports training accuracy
 
 
+class Runtime(str, enum.Enum):
+    eager = "eager"
+    torchscript = "torchscript"
+    onnxruntime = "onnxruntime"  # the onnx extra: pip install 'prunecli[onnx]'
+
+
 @dataclass(kw_only=True)
 class EvaluateConfig(StageConfig):
     """``prunecli evaluate``: each checkpoint on its test set, side by side."""
@@ -39,6 +45,13 @@ class EvaluateConfig(StageConfig):
     # None: PyTorch's own (all cores); 1 gives steady numbers on a shared machine
     threads: Optional[int] = option(
         None, help="PyTorch threads while timing latency (default: PyTorch's, all cores; 1 is steadier on a shared machine).", panel=PANEL_RUN, min=1, max=1024
+    )
+    # eager: the module as it is (both memory formats tried). torchscript / onnxruntime: what
+    # `prunecli export` writes (BatchNorm folded), timed in that runtime on the CPU
+    runtime: Runtime = option(
+        Runtime.eager,
+        help="Runtime latency is measured in: eager, or torchscript / onnxruntime (the exported model, BatchNorm folded, on the CPU).",
+        panel=PANEL_RUN,
     )
     layers: bool = option(True, help="Show per-layer widths.", panel=PANEL_OUT)
     allow_nonfinite: bool = allow_nonfinite_option()

@@ -18,8 +18,10 @@ from prunecli.engine.loop import evaluate
 from prunecli.metrics.complexity import count_complexity
 from prunecli._console import log, warn
 from prunecli.metrics.latency import measure_latencies, unreliable
+from prunecli.metrics.runtimes import measure_runtimes
 from prunecli.metrics.layers import LayerInfo, layer_table
 from prunecli.stages.checkpoints import data_for_checkpoint, rebuild_model, shuffled_label_seed
+from prunecli.stages.export import deployed_runtime, require_runtime
 
 
 @dataclass
@@ -71,6 +73,8 @@ def evaluate_checkpoints(paths: list[Path], cfg: Optional[EvaluateConfig] = None
     """Each checkpoint on its test set; latency of those with the same input shape measured side by side."""
     cfg = cfg or EvaluateConfig()
     dev = resolve_device(cfg.device)
+    if cfg.latency:
+        require_runtime(cfg.runtime.value)  # a missing optional runtime: before any evaluation
     loaded = [load_checkpoint(p) for p in paths]  # fail on a bad file before any work
     reports, models = [], []
     for ckpt in loaded:
@@ -106,16 +110,24 @@ def evaluate_checkpoints(paths: list[Path], cfg: Optional[EvaluateConfig] = None
         )
         models.append((model, shape))
     if cfg.latency:
+        runtime = cfg.runtime.value
         by_shape: dict[tuple, list[int]] = {}
         for i, (_, shape) in enumerate(models):
             by_shape.setdefault(shape, []).append(i)
         for shape, idx in by_shape.items():  # same input: measured interleaved, side by side
-            lats = measure_latencies([models[i][0] for i in idx], shape, batch_size=cfg.batch_size, device=dev, repeats=cfg.repeats, threads=cfg.threads)
+            if runtime == "eager":
+                lats = measure_latencies([models[i][0] for i in idx], shape, batch_size=cfg.batch_size, device=dev, repeats=cfg.repeats, threads=cfg.threads)
+            else:
+                # the deployed form, as `prunecli export` writes it; exported graphs run on the CPU
+                deployed = [deployed_runtime(models[i][0], loaded[i].model, runtime, threads=cfg.threads)[0] for i in idx]
+                lats = measure_runtimes(deployed, shape, batch_size=cfg.batch_size, repeats=cfg.repeats, threads=cfg.threads)
             for i, lat in zip(idx, lats):
+                record = {**lat.to_json(), "runtime": runtime}
                 reports[i] = replace(
-                    reports[i], latency_ms=lat.median_ms, latency_batch_size=lat.batch_size, memory_format=lat.memory_format, latency=lat.to_json()
+                    reports[i], latency_ms=lat.median_ms, latency_batch_size=lat.batch_size, memory_format=lat.memory_format, latency=record
                 )
-            log(f"latency: interleaved, median of {lats[0].runs} runs after warm-up; {lats[0].conditions()}")
+            how = "" if runtime == "eager" else f"{runtime}, BatchNorm folded, "
+            log(f"latency: {how}interleaved, median of {lats[0].runs} runs after warm-up; {lats[0].conditions()}")
             why = unreliable(lats)
             if why:
                 warn(why)

@@ -52,7 +52,18 @@ from prunecli import __version__
 from prunecli.checkpoint import Checkpoint, sha256_file
 from prunecli.config.export import SUFFIX, ExportConfig, ExportFormat
 from prunecli.errors import PruneCliError
-from prunecli.metrics.runtimes import ONNX_EXTRA, eager_runtime, measure_runtimes, onnxruntime_available, onnxruntime_runtime, torchscript_runtime
+from prunecli.metrics.runtimes import (
+    EAGER,
+    ONNX_EXTRA,
+    ONNXRUNTIME,
+    TORCHSCRIPT,
+    Runtime,
+    eager_runtime,
+    measure_runtimes,
+    onnxruntime_available,
+    onnxruntime_runtime,
+    torchscript_runtime,
+)
 from prunecli.models import example_input
 from prunecli.models.folding import fold_batchnorm
 from prunecli.models.structure import first_line
@@ -166,6 +177,43 @@ def _export(source: Path, cfg: ExportConfig, fmt: ExportFormat, output: Path) ->
         notes=notes,
         latency=latency,
     )
+
+
+def deployed_runtime(model: torch.nn.Module, spec, runtime: str, *, threads: Optional[int] = None, fold_bn: bool = True) -> tuple[Runtime, int]:
+    """(``model`` in ``runtime`` as `export` would write it, BatchNorms folded): for timing it where it is deployed.
+
+    ``runtime``: eager (a folded copy of the module), torchscript or onnxruntime (the bytes
+    `export` would write, opened in memory). ``model`` itself is not changed. A model that
+    Torch-Pruning cannot trace is used unfolded. The second value counts the folded
+    BatchNorms. onnxruntime (and onnx, which writes the file) missing: one-line error.
+    """
+    require_runtime(runtime)
+    net = copy.deepcopy(model).cpu().eval()
+    folded = 0
+    if fold_bn:
+        try:
+            folded = fold_batchnorm(net, example_input(spec), name=spec.name)
+        except PruneCliError:  # Torch-Pruning cannot trace it: deployed unfolded, as export does
+            net = copy.deepcopy(model).cpu().eval()
+    if runtime == EAGER:
+        return eager_runtime(net), folded
+    example = example_input(spec, batch=TRACE_BATCH)
+    if runtime == TORCHSCRIPT:
+        return torchscript_runtime(_torchscript_bytes(net, example, {}, spec.name)), folded
+    return onnxruntime_runtime(_onnx_bytes(net, example, {}, spec.name, None), threads=threads or torch.get_num_threads()), folded
+
+
+def require_runtime(runtime: str) -> None:
+    """One line when ``runtime`` cannot run here (onnxruntime and onnx are the optional extra)."""
+    if runtime == ONNXRUNTIME:
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise PruneCliError(f"--runtime onnxruntime needs the onnx package (the model is exported through it) and ONNX Runtime: {ONNX_EXTRA}") from None
+        if not onnxruntime_available():
+            raise PruneCliError(f"--runtime onnxruntime needs ONNX Runtime, which is not installed: {ONNX_EXTRA}")
+    elif runtime not in (EAGER, TORCHSCRIPT):
+        raise PruneCliError(f"unknown runtime {runtime!r}: valid: {EAGER}, {TORCHSCRIPT}, {ONNXRUNTIME}")
 
 
 def _require_onnx() -> None:
