@@ -248,3 +248,35 @@ def plan_for_widths(plans: list, offers: list[Offer], widths: dict[str, int], no
         p.prune = slot_channels(p.unit, slots)
         p.rate = len(p.prune) / p.size if p.size else 0.0
     return Plan("channel", plans, rate=None, notes=list(notes or []))
+
+
+def snap_width(keep: int, steps: list[int], mode: str = "nearest") -> int:
+    """``keep`` snapped to one of the step widths: the nearest (ties: the wider), or the widest at or below (``down``)."""
+    if not steps:
+        return keep
+    if mode == "down":
+        below = [w for w in steps if w <= keep]
+        return max(below) if below else min(steps)
+    return min(steps, key=lambda w: (abs(w - keep), -w))
+
+
+def snap_plan(pruner, plan, table: LatencyTable, mode: str = "nearest"):
+    """``--round-to auto`` on a rate's plan: each pruned unit's kept count snapped to its table's step widths.
+
+    The channels removed are then the unit's lowest-scored ones (the criterion's scores),
+    as many as the snapped count asks. Grouped units (kept per position) are left as planned.
+    """
+    scores = pruner._channel_scores()
+    snapped = 0
+    for p in plan.units:
+        u = p.unit
+        if p.status != "prune" or u.conv_groups > 1 or u.root not in table.units or u.index not in scores or not len(p.prune):
+            continue
+        keep = snap_width(p.kept, table.step_widths(u.root), mode)
+        keep = max(1, min(p.size, keep))
+        if keep != p.kept:
+            snapped += 1
+            p.prune = torch.sort(torch.sort(scores[u.index], stable=True).indices[: p.size - keep]).values
+            p.rate = len(p.prune) / p.size
+    plan.notes.append(f"round-to auto: {snapped} layer(s) moved to the widths where the latency table steps down ({mode})")
+    return plan
