@@ -142,7 +142,7 @@ class Config:
 
 def _bracket(grid: list[int], x: float) -> tuple[int, int, float]:
     if x <= grid[0]:
-        # below the grid: towards zero latency at zero width, linearly (a layer that keeps 1 of 64 channels)
+        # below the grid: its narrowest measurement (a kernel call costs at least that much, whatever the width)
         return 0, 0, 0.0
     if x >= grid[-1]:
         return len(grid) - 1, len(grid) - 1, 0.0
@@ -259,10 +259,10 @@ class LatencyTable:
     def step_widths(self, root: str, *, threshold: float = 1.5) -> list[int]:
         """Widths of ``root`` just below which latency steps down: ``--round-to auto`` snaps to these.
 
-        Going down the unit's grid, a width w whose next step down (w -> the next grid width)
-        saves more than ``threshold`` times the curve's average saving per channel marks a
-        step: keeping w channels costs the same as keeping a few more up to the next step,
-        and w is the most a kernel-friendly size holds for that cost. The unit's full width
+        Where going from grid width w to the next one up costs more than ``threshold`` times
+        the curve's average cost per channel, w is a step: the widest width that still costs
+        the lower level (a kernel-friendly size, e.g. a multiple of 8 where the next width
+        starts a new SIMD block). The unit's full width
         is always a step. A curve without steps (linear in the width) gives every grid width.
         """
         pts = self.curve(root)
@@ -274,7 +274,7 @@ class LatencyTable:
         for k in range(1, len(ws)):
             slope = (ms[k] - ms[k - 1]) / (ws[k] - ws[k - 1])
             if span > 0 and slope > threshold * span:
-                steps.append(ws[k])
+                steps.append(ws[k - 1])  # the widest width below the jump: keeping it costs the lower step
         steps = sorted(set(steps))
         return ws if len(steps) < 2 else steps
 
