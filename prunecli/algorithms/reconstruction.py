@@ -262,7 +262,7 @@ def _write(consumer: Consumer, kept: torch.Tensor, new: torch.Tensor) -> None:
 def _count(p: UnitPlan, selection: Selection) -> int:
     """Channels ``p``'s rate removes (the selection's count rule and rounding, as every plan)."""
     step = math.lcm(selection.round_to, p.unit.multiple)
-    return p.size - kept_count(p.size, p.rate, step, p.unit.root, selection.count_rule)
+    return p.size - kept_count(p.size, p.rate, step, p.unit.root, selection.count_rule, selection.round_mode)
 
 
 def reconstruct(

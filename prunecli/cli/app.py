@@ -16,6 +16,7 @@ from prunecli.cli.export import export
 from prunecli.cli.finetune import finetune
 from prunecli.cli.info import info
 from prunecli.cli.list_ import list_
+from prunecli.cli.profile import profile
 from prunecli.cli.prune import prune
 from prunecli.cli.plot import plot_app
 from prunecli.cli.recipe import recipe_app
@@ -59,6 +60,7 @@ app.command("finetune", cls=HelpCommand)(finetune)
 app.command("evaluate", cls=HelpCommand)(evaluate)
 app.command("export", cls=HelpCommand)(export)
 app.command("sensitivity", cls=HelpCommand)(sensitivity)
+app.command("profile", cls=HelpCommand)(profile)
 app.command("info", cls=HelpCommand)(info)
 app.command("list", cls=HelpCommand)(list_)
 app.add_typer(recipe_app, name="recipe")

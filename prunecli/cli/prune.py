@@ -87,6 +87,15 @@ def _print_report(r) -> None:
             f"params {human(r.params_before)} -> {human(r.params_after)} (-{1 - r.params_after / r.params_before:.1%})"
             + (f"; base rate {r.rate_used:g}" if r.rate_used is not None else "")
         )
+    if r.latency:
+        lat = r.latency
+        threads = f"{lat['threads']} thread{'s' if lat['threads'] != 1 else ''}"
+        con.print(
+            f"latency ({lat['runtime']}, batch {lat['batch_size']}, {threads}, {lat['device']}; interleaved medians): "
+            f"{lat['dense_measured_ms']:.2f} -> {lat['measured_ms']:.2f} ms measured, {lat['dense_predicted_ms']:.2f} -> "
+            f"{lat['predicted_ms']:.2f} ms predicted; speed-up {lat['achieved_speedup']:.2f}x of {lat['requested_speedup']:.2f}x requested "
+            f"({lat['achieved_of_requested']:.2f})"
+        )
     if not r.compressed:
         con.print(f"{r.weights_masked:,} parameter entries zeroed by masks")
     elif r.max_abs_diff is not None:

@@ -11,13 +11,14 @@ from prunecli.config.compress import CompressConfig
 from prunecli.config.evaluate import EvaluateConfig
 from prunecli.config.export import ExportConfig, ExportFormat
 from prunecli.config.inspect import InfoConfig, ListConfig
+from prunecli.config.profile import ProfileConfig
 from prunecli.config.prune import Granularity, Protect, PruneConfig, Scope, Selection
 from prunecli.config.sensitivity import SensitivityConfig
 from prunecli.config.train import FinetuneConfig, Optimizer, Schedule, TrainConfig, TrainingOptions
 
 STAGE_CONFIGS: dict[str, type[StageConfig]] = {
     c.command: c
-    for c in (TrainConfig, PruneConfig, CompressConfig, FinetuneConfig, EvaluateConfig, InfoConfig, ListConfig, SensitivityConfig, ExportConfig)
+    for c in (TrainConfig, PruneConfig, CompressConfig, FinetuneConfig, EvaluateConfig, InfoConfig, ListConfig, SensitivityConfig, ExportConfig, ProfileConfig)
 }
 
 
@@ -44,6 +45,7 @@ __all__ = [
     "InfoConfig",
     "ListConfig",
     "OptionSpec",
+    "ProfileConfig",
     "Optimizer",
     "Protect",
     "PruneConfig",

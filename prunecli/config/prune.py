@@ -20,6 +20,7 @@ import re
 
 from prunecli.config._base import MAX_BATCH, PANEL_DATA, PANEL_OPT, PANEL_RUN, PANEL_WHAT, PANEL_WHEN, PANEL_WHERE, option
 from prunecli.config.methods import NON_CHANNEL_GRANULARITIES, canonical_method
+from prunecli.config.profile import Runtime, runtime_option, threads_option
 from prunecli.config.train import MAX_EPOCHS, FinetuneConfig
 from prunecli.errors import OptionError
 
@@ -89,6 +90,13 @@ LEARNED_METHODS = {"edgepopup": "edgepopup", "sss": "sss"}
 REWIND = re.compile(r"^(none|init|epoch:(\d{1,6}))$")
 
 
+class RoundMode(str, enum.Enum):
+    """How a kept channel count is rounded to a multiple of --round-to N (prunecli.surgery.plan.kept_count)."""
+
+    nearest = "nearest"  # 38 -> 40 at N = 8: prunecli's rule since --round-to exists
+    down = "down"  # 38 -> 32: Torch-Pruning's round_to (BasePruner._round_to), which removes more
+
+
 class Protect(str, enum.Enum):
     none = "none"
     output = "output"
@@ -124,6 +132,7 @@ class Selection:
     skip: list[str] = field(default_factory=list)
     protect: str = "output"
     round_to: int = 1
+    round_mode: str = "nearest"  # RoundMode: how kept counts are rounded to round_to
     max_layer_rate: Optional[float] = None
     # None: keep-floor layer-wise, round(rate * total) globally (prunecli.surgery.plan)
     count_rule: Optional[str] = None
@@ -135,6 +144,7 @@ class Selection:
             if self.count_rule == CountRule.reference.value:
                 raise OptionError("{count_rule} reference is resolved by the method: pass the rule it stands for")
         self.protect = _choice(self.protect, Protect, "protect")
+        self.round_mode = _choice(self.round_mode, RoundMode, "round_mode")
         if self.rate is not None:
             check_rate(self.rate, "rate")
         for i, r in enumerate(self.layer_rates, start=1):
@@ -197,6 +207,20 @@ class PruneConfig(FinetuneConfig):
         None, help="Remove this fraction of the MACs (searches the rate on the real count).", panel=PANEL_WHAT,
         metavar="F",
     )
+    target_latency: Optional[float] = option(
+        None,
+        help="Remove this fraction of the measured latency: per-layer widths that keep the most importance per ms saved "
+        "(HALP), predicted by a latency table (prunecli profile; built and cached if needed), then measured and tightened.",
+        panel=PANEL_WHAT,
+        metavar="F",
+    )
+    latency_table: Optional[str] = option(
+        None, help="The latency table to use (prunecli profile -o FILE); refused if measured on another model.", panel=PANEL_WHAT, path=True
+    )
+    runtime: Runtime = runtime_option()
+    threads: Optional[int] = threads_option()
+    # 8, as prunecli profile: --batch-size is the calibration batch (64), too slow to time a 224px model on a CPU
+    latency_batch_size: int = option(8, help="Batch size the latency (table and measurement) is taken at.", panel=PANEL_RUN, min=1, max=MAX_BATCH)
     mix_norm: float = option(0.0, help="FPGM-mix (geomedian): share of the rate chosen by L2 norm.", panel=PANEL_WHAT, min=0.0, max=1.0)
     # reference: each method counts as its paper's code does, so a recipe reproduces its table
     count_rule: CountRule = option(
@@ -232,7 +256,21 @@ class PruneConfig(FinetuneConfig):
     protect: Protect = option(
         Protect.output, help="Never prune the output layer (output), the linear head (head), or nothing (none).", panel=PANEL_WHERE
     )
-    round_to: int = option(1, help="Keep channel counts multiples of N.", panel=PANEL_WHERE, min=1)
+    # a string: N or auto (the widths where the latency table steps down)
+    round_to: str = option(
+        "1",
+        help="Keep channel counts multiples of N (rounded by --round-mode), or auto: snap each layer to the widths where its "
+        "latency table (prunecli profile) shows latency stepping down.",
+        panel=PANEL_WHERE,
+        metavar="N|auto",
+    )
+    # nearest: what prunecli has always done; down is Torch-Pruning's round_to, kept for users who compare with it
+    round_mode: RoundMode = option(
+        RoundMode.nearest,
+        help="How --round-to N rounds a kept count: nearest multiple (38 -> 40 at N=8) or down (38 -> 32, Torch-Pruning's "
+        "round_to; prunecli still keeps at least N). With --round-to auto: the nearest step width, or the one at or below.",
+        panel=PANEL_WHERE,
+    )
     max_layer_rate: Optional[float] = option(None, help="Cap on any one layer's rate.", panel=PANEL_WHERE, metavar="R")
     from_sensitivity: Optional[str] = option(
         None,
@@ -342,6 +380,7 @@ class PruneConfig(FinetuneConfig):
         if self.lr is None:
             self.lr = 0.1 if LEARNED_METHODS.get(self.method) == "edgepopup" else 0.01
         super().validate()
+        self._validate_latency()  # --round-to's spelling first: the selection reads it as a number
         self.selection()  # rates, patterns and choices of the selection
         self._validate_training()
         self._validate_learned()
@@ -349,7 +388,7 @@ class PruneConfig(FinetuneConfig):
         sss = LEARNED_METHODS.get(self.method) == "sss"  # the gates decide how much goes
         if sss and (self.rate is not None or self.layer_rate or self.layer_rates):
             raise OptionError("{method} sss removes what its gates drive to zero: drop {rate}/{layer_rate}/{layer_rates} (raise {sss_gamma} to remove more)")
-        if not sss and self.rate is None and self.target_macs is None and not self.layer_rate and not self.layer_rates and self.from_sensitivity is None:
+        if not sss and self.rate is None and self.target_macs is None and self.target_latency is None and not self.layer_rate and not self.layer_rates and self.from_sensitivity is None:
             raise OptionError("say how much to prune: {rate} R, {target_macs} F, {layer_rate}/{layer_rates}, or {from_sensitivity}")
         if self.target_macs is not None:
             if self.rate is not None:
@@ -359,6 +398,53 @@ class PruneConfig(FinetuneConfig):
             raise OptionError("{compress} removes channels: it needs {granularity} channel")
         if self.mix_norm and self.scope is Scope.global_:
             raise OptionError("{mix_norm} selects within each layer: use {scope} layerwise")
+
+    @property
+    def round_auto(self) -> bool:
+        """--round-to auto: snap to the latency table's step widths."""
+        return str(self.round_to).strip().lower() == "auto"
+
+    @property
+    def round_to_n(self) -> int:
+        """--round-to as a number (1 with auto: the table decides)."""
+        return 1 if self.round_auto else int(self.round_to)
+
+    @property
+    def uses_latency(self) -> bool:
+        return self.target_latency is not None or self.round_auto
+
+    def _validate_latency(self) -> None:
+        text = str(self.round_to).strip().lower()
+        if text != "auto":
+            try:
+                n = int(text)
+            except ValueError:
+                raise OptionError(f"{{round_to}} {self.round_to!r}: expected N (a channel multiple, >= 1) or auto") from None
+            if n < 1:
+                raise OptionError(f"{{round_to}} {n}: must be >= 1 (or auto)")
+            self.round_to = str(n)
+        else:
+            self.round_to = "auto"
+        if self.target_latency is not None:
+            if math.isnan(self.target_latency) or not (0.0 < self.target_latency < 1.0):
+                raise OptionError(f"{{target_latency}} {self.target_latency}: the fraction of latency to remove must be in (0, 1)")
+            for key, given in (("rate", self.rate is not None), ("target_macs", self.target_macs is not None), ("from_sensitivity", self.from_sensitivity is not None)):
+                if given:
+                    raise OptionError(f"{{target_latency}} chooses every layer's width itself: do not also give {{{key}}}")
+            if self.granularity is not Granularity.channel:
+                raise OptionError("{target_latency} removes whole channels: it needs {granularity} channel")
+            if self.training:
+                raise OptionError("{target_latency} prunes once: drop {epochs} (fine-tune the result with `prunecli finetune`)")
+        if self.uses_latency and self.granularity is not Granularity.channel:
+            raise OptionError("{round_to} auto snaps channel counts: it needs {granularity} channel")
+        if self.uses_latency and self.training:
+            raise OptionError("{round_to} auto prunes once: drop {epochs}")
+        if not self.uses_latency:
+            for key in ("latency_table", "threads"):
+                if getattr(self, key) is not None:
+                    raise OptionError(f"{{{key}}} sets how latency is measured: it needs {{target_latency}} or {{round_to}} auto")
+            if self.runtime is not Runtime.eager:
+                raise OptionError("{runtime} sets how latency is measured: it needs {target_latency} or {round_to} auto")
 
     def _resolve_granularity(self) -> None:
         """No --granularity: channel, or the only granularity of a method that cannot score channels."""
@@ -421,7 +507,7 @@ class PruneConfig(FinetuneConfig):
             ranking = (
                 ("scope", self.scope is not Scope.layerwise),
                 ("skip", bool(self.skip)),
-                ("round_to", self.round_to != 1),
+                ("round_to", self.round_to != "1"),
                 ("max_layer_rate", self.max_layer_rate is not None),
                 ("mix_norm", bool(self.mix_norm)),
                 ("count_rule", self.count_rule is not CountRule.reference),
@@ -460,7 +546,7 @@ class PruneConfig(FinetuneConfig):
             raise OptionError("{mask_grads} masks gradients between soft re-selections: it needs {soft}")
         if self.grouping is Grouping.layer and not self.soft:
             raise OptionError("{grouping} layer trains per-layer soft masks: it needs {soft}")
-        if self.grouping is Grouping.layer and (self.scope is Scope.global_ or self.round_to > 1):
+        if self.grouping is Grouping.layer and (self.scope is Scope.global_ or self.round_to != "1"):
             raise OptionError("{grouping} layer selects within each conv at its rate: use {scope} layerwise without {round_to}")
         if self.hard_epochs and not self.soft:
             raise OptionError("{hard_epochs} ends a soft run with hard masks: it needs {soft}")
@@ -516,7 +602,8 @@ class PruneConfig(FinetuneConfig):
             layer_rates=list(self.layer_rates),
             skip=list(self.skip),
             protect=self.protect.value,
-            round_to=self.round_to,
+            round_to=self.round_to_n,
+            round_mode=self.round_mode.value,
             max_layer_rate=self.max_layer_rate,
             count_rule=count_rule,
         )

@@ -51,6 +51,7 @@ class PruneReport:
     notes: list[str] = field(default_factory=list)
     compressed: bool = False
     max_abs_diff: Optional[float] = None  # --compress: masked vs compressed, when comparable
+    latency: Optional[dict[str, Any]] = None  # --target-latency: predicted and measured, requested and achieved
     warnings: list[str] = field(default_factory=list)  # results the options probably did not mean (`surprises`)
 
 
@@ -184,6 +185,12 @@ def prune_checkpoint(source: Path, cfg: PruneConfig, *, output: Path) -> PruneRe
     if algorithm.reconstructs:
         check_reconstruction_options(cfg)
     device = resolve_device(cfg.device)
+    if cfg.uses_latency:
+        from prunecli.metrics.latency_table import read_table, require_runtime
+
+        require_runtime(cfg.runtime.value, str(device))  # e.g. ONNX Runtime missing: one line before anything is claimed
+        if cfg.latency_table is not None:
+            read_table(Path(cfg.latency_table))  # a missing or foreign file, before anything is claimed
     sweep = None
     if cfg.from_sensitivity is not None:
         from prunecli.stages.sensitivity import read_sweep
@@ -203,6 +210,8 @@ def check_reconstruction_options(cfg: PruneConfig) -> None:
         raise OptionError(f"{{target_macs}} searches the rate by planning many times; {cfg.method} changes weights as it plans: give {{rate}}")
     if getattr(cfg, "from_sensitivity", None) is not None:
         raise OptionError(f"{{from_sensitivity}} sets per-layer rates by scores; {cfg.method} chooses by reconstructing the next layer: give {{rate}}")
+    if getattr(cfg, "target_latency", None) is not None or getattr(cfg, "round_auto", False):
+        raise OptionError(f"{{target_latency}} and {{round_to}} auto choose widths by scores; {cfg.method} chooses by reconstructing the next layer: give {{rate}}")
 
 
 def _prune(source: Path, cfg: PruneConfig, output: Path, criterion: Criterion, algorithm, device: torch.device, sweep=None) -> PruneReport:
@@ -216,16 +225,27 @@ def _prune(source: Path, cfg: PruneConfig, output: Path, criterion: Criterion, a
     before = count_complexity(model, shape)
     layers: list = []
     used = None
-    if sweep is not None:
+    latency = None
+    table = latency_table_for(cfg, model, spec, device) if cfg.uses_latency else None
+    if cfg.target_latency is not None:
+        plan, latency = plan_for_latency(pruner, table, cfg, spec, device)
+    elif sweep is not None:
         plan, used = plan_from_sensitivity(sweep, cfg, criterion, pruner, ckpt.model, str(source))
     elif algorithm.reconstructs:
         # the targets come from the network as loaded; `model` is reconstructed in place
         plan = algorithm.plan(pruner, copy.deepcopy(model), report=layers)
     else:
         plan = algorithm.plan(pruner, target_macs=cfg.target_macs)
+    if cfg.round_auto and cfg.target_latency is None:
+        from prunecli.surgery.latency import snap_plan
+
+        snap_plan(pruner, plan, table, cfg.round_mode.value)
     check_something_selected(plan, cfg)
     extra = dict(ckpt.extra)
     extra["prune"] = {**prune_record(cfg, criterion, algorithm.name, plan.rate), "target_macs": cfg.target_macs, "layers": [vars(r) for r in plan.rows()]}
+    if latency is not None:
+        extra["prune"]["target_latency"] = cfg.target_latency
+        extra["prune"]["latency"] = latency
     if used is not None:
         extra["prune"]["from_sensitivity"] = used
     options = cfg.to_options()
@@ -259,7 +279,101 @@ def _prune(source: Path, cfg: PruneConfig, output: Path, criterion: Criterion, a
         notes=notes,
         compressed=cfg.compress,
         max_abs_diff=diff,
+        latency=latency,
     )
+
+
+def latency_table_for(cfg: PruneConfig, model: torch.nn.Module, spec, device: torch.device):
+    """The latency table --target-latency and --round-to auto read: --latency-table FILE, the cached one, or a new one."""
+    from prunecli._console import log
+    from prunecli.stages.profile import obtain_table
+
+    notes: list[str] = []
+    table, reused = obtain_table(
+        model, spec, device=device, runtime=cfg.runtime.value, batch_size=cfg.latency_batch_size, threads=cfg.threads,
+        given=Path(cfg.latency_table) if cfg.latency_table is not None else None, notes=notes,
+    )
+    log(f"latency table {'reused' if reused else 'measured'}: {table.path}")
+    for note in notes:
+        log(f"note: {note}")
+    return table
+
+
+# measured saving within this of the requested fraction ends the feedback rounds (0.01: one point of latency)
+LATENCY_SLACK = 0.01
+LATENCY_ROUNDS = 3
+
+
+def plan_for_latency(pruner: Pruner, table, cfg: PruneConfig, spec, device: torch.device) -> tuple[Plan, dict[str, Any]]:
+    """--target-latency F: allocate on the table (prunecli.surgery.latency), measure, tighten (NetAdapt-style).
+
+    Each round allocates widths until the table predicts (1 - F') of the dense latency,
+    removes them from a copy, and times the copy interleaved with the dense model. A round
+    whose measured saving falls short of F by more than `LATENCY_SLACK` sets
+    F' += F - measured for the next one (at most `LATENCY_ROUNDS` rounds). The first
+    round that reaches F is kept, else the one that saved most.
+    """
+    from prunecli.metrics.latency_table import Runnable, time_runnables
+    from prunecli.surgery.latency import allocate, latency_offers, plan_for_widths
+
+    target = float(cfg.target_latency)
+    wanted = target
+    shape = (spec.in_channels, spec.image_size, spec.image_size)
+    x = torch.randn(table.key["batch_size"], *shape, device=device)
+    dense_model = copy.deepcopy(pruner.model).eval()
+    rounds: list[dict[str, Any]] = []
+    best: Optional[tuple[Plan, dict]] = None
+    for _ in range(LATENCY_ROUNDS):
+        offers, plans = latency_offers(pruner, table, round_auto=cfg.round_auto)
+        if not offers:
+            raise OptionError("nothing to prune: every prunable layer is skipped, protected or unscored (check {skip} and {protect})")
+        dense_pred = table.predict({})
+        alloc = allocate(table, offers, (1.0 - wanted) * dense_pred)
+        if alloc.predicted_ms > (1.0 - wanted) * dense_pred + 1e-9:
+            if not rounds:
+                most = 1.0 - alloc.predicted_ms / dense_pred
+                raise OptionError(f"{{target_latency}} {target}: these settings remove at most {most:.1%} of the predicted latency (caps, --skip, --protect)")
+            break
+        plan = plan_for_widths(plans, offers, alloc.widths)
+        small = pruner._removed_copy(plan)
+        dense_lat, small_lat = time_runnables([Runnable(dense_model, x), Runnable(small, x)], runtime=table.key["runtime"], device=str(device), threads=table.key["threads"], repeats=15)
+        measured = 1.0 - small_lat.median_ms / dense_lat.median_ms
+        record = {
+            "target_predicted": round(wanted, 4),
+            "dense_predicted_ms": round(dense_pred, 4),
+            "predicted_ms": round(alloc.predicted_ms, 4),
+            "dense_measured_ms": round(dense_lat.median_ms, 4),
+            "measured_ms": round(small_lat.median_ms, 4),
+            "measured_saving": round(measured, 4),
+            "prediction_error": round((alloc.predicted_ms - small_lat.median_ms) / small_lat.median_ms, 4),
+        }
+        rounds.append(record)
+        if best is None or measured > best[1]["measured_saving"]:
+            best = (plan, record)
+        if measured >= target - LATENCY_SLACK:
+            best = (plan, record)
+            break
+        wanted = min(0.99, wanted + (target - measured))
+    plan, chosen = best
+    requested = 1.0 / (1.0 - target)
+    achieved = chosen["dense_measured_ms"] / chosen["measured_ms"] if chosen["measured_ms"] > 0 else None
+    record = {
+        **chosen,
+        "runtime": table.key["runtime"],
+        "batch_size": table.key["batch_size"],
+        "threads": table.key["threads"],
+        "device": table.key["device"],
+        "table": str(table.path) if table.path is not None else None,
+        "requested_speedup": round(requested, 4),
+        "achieved_speedup": round(achieved, 4) if achieved else None,
+        "achieved_of_requested": round(achieved / requested, 4) if achieved else None,
+        "rounds": rounds,
+    }
+    plan.notes.append(
+        f"--target-latency {target:g}: {len(rounds)} allocation round(s); kept the one predicted at "
+        f"{chosen['predicted_ms']:.2f} ms ({chosen['target_predicted']:.0%} of the predicted latency removed)"
+    )
+    return plan, record
 
 
 # a layer left with less than this share of its channels (or weights) is worth a warning ...
@@ -388,13 +502,14 @@ def plan_from_sensitivity(sweep, cfg: PruneConfig, criterion: Criterion, pruner:
 def check_something_selected(plan: Plan, cfg: PruneConfig) -> None:
     """A "pruned" checkpoint with nothing pruned is a mistake in the options: say which one."""
     eligible = [p for p in plan.units if p.status == "prune"]
-    if cfg.granularity.value == "channel" and cfg.round_to > 1 and eligible:
+    round_to = cfg.round_to_n
+    if cfg.granularity.value == "channel" and round_to > 1 and eligible:
         widest = max(p.size for p in eligible)
-        if cfg.round_to > widest:
-            raise OptionError(f"{{round_to}} {cfg.round_to}: wider than every prunable layer (the widest has {widest} channels)")
-        narrow = sum(p.size < cfg.round_to for p in eligible)
+        if round_to > widest:
+            raise OptionError(f"{{round_to}} {round_to}: wider than every prunable layer (the widest has {widest} channels)")
+        narrow = sum(p.size < round_to for p in eligible)
         if narrow:
-            plan.notes.append(f"round-to {cfg.round_to}: {narrow} layer(s) narrower than that were pruned without rounding")
+            plan.notes.append(f"round-to {round_to}: {narrow} layer(s) narrower than that were pruned without rounding")
     if plan.pruned:
         return
     asked = (cfg.rate or 0) > 0 or any(r > 0 for r in cfg.layer_rates) or any(r > 0 for _, r in cfg.layer_rate)

@@ -18,7 +18,10 @@ reference keeps only scores strictly above the quantile at index int(C * rate); 
 drops every tie of that quantile, which prunecli does not: on equal scales, such as an
 untrained network's, the ties would empty whole layers). The rule applies per unit layer-wise (default keep-floor), and to the
 eligible total globally (default: round(rate * total)).
-Layer-wise counts are then rounded to a multiple of ``round_to``. Globally, scores
+Layer-wise counts are then rounded to a multiple of ``round_to``, by ``round_mode``:
+``nearest`` (38 -> 40 at 8, prunecli's rule) or ``down`` (38 -> 32, Torch-Pruning's
+``round_to``, BasePruner._round_to); both keep at least ``round_to`` channels where
+Torch-Pruning's would empty a layer that keeps fewer. Globally, scores
 normalised per unit compete under one threshold; no unit is ever emptied.
 """
 
@@ -167,11 +170,18 @@ def global_count(total: int, rate: float, rule: Optional[str]) -> int:
     return int(round(rate * total)) if rule is None else removed_count(total, rate, rule)
 
 
-def kept_count(channels: int, rate: float, round_to: int, where: str, rule: Optional[str] = "keep-floor") -> int:
-    """Channels a unit keeps at ``rate`` under ``rule``, rounded to a multiple of round_to."""
+def round_kept(keep: int, channels: int, round_to: int, mode: str = "nearest") -> int:
+    """``keep`` rounded to a multiple of ``round_to`` (``nearest`` or ``down``), at least round_to, at most ``channels``."""
+    if round_to <= 1 or channels < round_to:
+        return keep
+    multiple = keep // round_to if mode == "down" else int(round(keep / round_to))
+    return min(channels, max(round_to, multiple * round_to))
+
+
+def kept_count(channels: int, rate: float, round_to: int, where: str, rule: Optional[str] = "keep-floor", mode: str = "nearest") -> int:
+    """Channels a unit keeps at ``rate`` under ``rule``, rounded to a multiple of round_to by ``mode``."""
     keep = channels - removed_count(channels, rate, rule)
-    if round_to > 1 and channels >= round_to:
-        keep = min(channels, max(round_to, int(round(keep / round_to)) * round_to))
+    keep = round_kept(keep, channels, round_to, mode)
     if keep < 1:
         raise OptionError(f"rate {rate:g} would leave no channels in {where} ({channels} channels); lower the rate")
     return keep
@@ -223,7 +233,7 @@ def select_layerwise(
             if n >= p.size:
                 raise OptionError(f"rate {p.rate:g} would leave no channels in {u.root} ({p.size} channels); lower the rate")
         else:
-            n = p.size - kept_count(p.size, p.rate, step, u.root, sel.count_rule)
+            n = p.size - kept_count(p.size, p.rate, step, u.root, sel.count_rule, sel.round_mode)
         p.prune = pick(u, n, p.rate) if n > 0 else torch.empty(0, dtype=torch.long)
 
 
@@ -346,8 +356,14 @@ def select_global(
             step = math.lcm(sel.round_to, p.unit.multiple)
             if step > 1 and p.size >= step and slots:
                 keep = p.size - len(slots)
-                keep_rounded = min(p.size, int(math.ceil(keep / step)) * step)
-                slots = slots[: p.size - keep_rounded]  # give back the highest-scored of the chosen
+                if sel.round_mode == "down":
+                    # take the unit's next-lowest slots as well, down to the multiple below (at least one step kept)
+                    keep_rounded = max(step, (keep // step) * step)
+                    more = [c for _, i, c in entries if i == ui and c not in set(slots)][: max(0, keep - keep_rounded)]
+                    slots = slots + more
+                else:
+                    keep_rounded = min(p.size, int(math.ceil(keep / step)) * step)
+                    slots = slots[: p.size - keep_rounded]  # give back the highest-scored of the chosen
             p.prune = torch.tensor(sorted(slots), dtype=torch.long)
         p.rate = len(p.prune) / p.size
 

@@ -1,0 +1,595 @@
+"""Latency tables: a model's measured latency as a function of each prunable unit's width.
+
+What ``prunecli profile`` writes and ``prune --target-latency`` / ``--round-to auto`` read.
+The table answers two questions:
+
+* ``predict(widths)``: the model's latency (ms, one batch) when each unit (a dependency
+  group, named by its root layer) keeps ``widths[root]`` channels;
+* ``curve(root)``: the latency as a function of one unit's width, the others whole (what
+  the issue asks for: "for every prunable unit, latency as a function of its width").
+
+**Why it is per layer underneath.** A table of "whole-model latency against one unit's
+width" cannot predict a model where every unit is pruned: the deltas are not additive. A
+conv whose input unit and output unit both lose half their channels costs about 1/4 of
+its dense time; the two single-unit deltas each save about 1/2 of it, and summing them
+predicts a cost of 0. So the table measures every conv/linear layer in isolation, at its
+real input size, batch and runtime, on a small grid of (input width, output width), and
+predicts a model as
+
+    rest(s) + sum over layers of L_layer(w_in, w_out),   rest(s) = rest_fixed + (rest_dense - rest_fixed) * s
+
+where ``L_layer`` is the bilinear interpolation of that layer's grid at its input unit's
+and its output unit's widths, and ``rest`` is measured: the dense model end to end minus
+the sum of its layers at full width (BatchNorm, ReLU, residual adds, pooling, and the
+difference between a layer alone and inside the network). Part of the rest scales with
+the share s of the conv/linear output activations kept (the element-wise layers run over
+them) and part does not (a call's fixed cost per operator): the rest is measured twice,
+on the dense model (s = 1) and on a copy pruned l1 layer-wise at 0.5 (s about 0.5), and
+the line through the two gives ``rest_fixed``. Layers of identical configuration (kind, kernel, stride,
+padding, dilation, groups, input size, widths) are measured once: ResNet-50's 53 convs
+are 20-odd configurations. A depthwise conv has one width (its input is its output).
+
+The grid: ``points`` widths per axis, multiples of a power-of-two quantum (64 channels,
+8 points: 8, 16, ..., 64), so the steps kernels take at multiples of 8 or 16 channels
+show up as steps of the table; `step_widths` reads them (``--round-to auto``).
+
+Timing: every grid point of one configuration is timed interleaved with the others,
+``repeats`` times each after warm-up, each repeat starting at the next point in turn;
+the table keeps the medians. The end-to-end models (the dense one for ``rest``; the
+pruned ones of a check) are timed interleaved the same way (`time_runnables`).
+
+The table is keyed (`table_key`) by device, runtime, batch size, memory format (inputs
+contiguous: exported graphs fix theirs at export), intra-op threads, torch version, grid
+and a model fingerprint (`fingerprint`: architecture and current widths, not weights, so
+every checkpoint of one pruned shape shares it). `profile` caches tables in
+``$PRUNECLI_CACHE_DIR`` (default ``$XDG_CACHE_HOME/prunecli/latency``, else
+``~/.cache/prunecli/latency``), one file per key, and reuses one only when the whole key
+matches: a table of another device, batch size, runtime or model is never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import statistics
+import time
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from prunecli._progress import step_bar
+from prunecli.errors import PruneCliError
+from prunecli.metrics.latency import Latency, _quartiles, intra_op_threads, load_average
+
+FORMAT = "prunecli-latency-table"
+VERSION = 1
+RUNTIMES = ("eager", "torchscript", "onnxruntime")
+# 8 widths per axis: a 64-channel layer is measured at every multiple of 8 (the SIMD width of
+# AVX2 fp32), a conv of two units at 64 points; ResNet-56 profiles in about a minute on 1 CPU thread
+GRID_POINTS = 8
+
+
+# -- what the model is made of
+
+
+@dataclass
+class Layer:
+    """One conv or linear layer of the model and the units its widths come from."""
+
+    name: str
+    config: str  # key of its `Config`
+    in_unit: Optional[str]  # root of the unit that is its input channels (None: fixed, e.g. the image)
+    out_unit: Optional[str]  # root of the unit that is its output channels (None: fixed, e.g. the classes)
+    in_max: int
+    out_max: int
+    in_scale: int = 1  # input features per input channel (a linear layer after a flatten of C x H x W)
+    out_elems: int = 1  # output positions per channel (H_out * W_out): the activations the rest scales with
+    depthwise: bool = False
+
+    def widths(self, widths: dict[str, int], units: dict[str, int]) -> tuple[int, int]:
+        """(input, output) width at the unit widths given (units absent: whole)."""
+        out_w = widths.get(self.out_unit, units.get(self.out_unit, self.out_max)) if self.out_unit else self.out_max
+        if self.depthwise:
+            return out_w, out_w
+        in_w = widths.get(self.in_unit, units.get(self.in_unit, self.in_max // self.in_scale)) * self.in_scale if self.in_unit else self.in_max
+        return in_w, out_w
+
+
+@dataclass
+class Config:
+    """A layer configuration measured once for every layer sharing it, on a grid of widths."""
+
+    kind: str  # "conv" or "linear"
+    params: dict[str, Any]  # conv: kernel, stride, padding, dilation, groups (0: depthwise), bias, size (input H, W)
+    in_max: int
+    out_max: int
+    in_grid: list[int] = field(default_factory=list)
+    out_grid: list[int] = field(default_factory=list)
+    ms: list[list[float]] = field(default_factory=list)  # ms[i][j]: in_grid[i] x out_grid[j]; depthwise: ms[0][j]
+
+    @property
+    def depthwise(self) -> bool:
+        return self.kind == "conv" and self.params["groups"] == 0
+
+    def key(self) -> str:
+        return json.dumps([self.kind, self.params, self.in_max, self.out_max], sort_keys=True)
+
+    def module(self, cin: int, cout: int) -> tuple[nn.Module, tuple[int, ...]]:
+        """A fresh layer of this configuration at (cin, cout) and its input shape without the batch."""
+        p = self.params
+        if self.kind == "linear":
+            return nn.Linear(cin, cout, bias=p["bias"]), (cin,)
+        groups = cout if self.depthwise else p["groups"]
+        cin = cout if self.depthwise else cin
+        conv = nn.Conv2d(cin, cout, p["kernel"], stride=p["stride"], padding=p["padding"], dilation=p["dilation"], groups=groups, bias=p["bias"])
+        return conv, (cin, *p["size"])
+
+    def at(self, cin: float, cout: float) -> float:
+        """Bilinear interpolation of the grid (clamped to it; depthwise: linear in the one width)."""
+        if self.depthwise:
+            return _interp1(self.out_grid, self.ms[0], cout)
+        i0, i1, a = _bracket(self.in_grid, cin)
+        j0, j1, b = _bracket(self.out_grid, cout)
+        m = self.ms
+        return (1 - a) * ((1 - b) * m[i0][j0] + b * m[i0][j1]) + a * ((1 - b) * m[i1][j0] + b * m[i1][j1])
+
+
+def _bracket(grid: list[int], x: float) -> tuple[int, int, float]:
+    if x <= grid[0]:
+        # below the grid: its narrowest measurement (a kernel call costs at least that much, whatever the width)
+        return 0, 0, 0.0
+    if x >= grid[-1]:
+        return len(grid) - 1, len(grid) - 1, 0.0
+    k = bisect_left(grid, x)
+    if grid[k] == x:
+        return k, k, 0.0
+    lo, hi = grid[k - 1], grid[k]
+    return k - 1, k, (x - lo) / (hi - lo)
+
+
+def _interp1(grid: list[int], values: list[float], x: float) -> float:
+    i0, i1, a = _bracket(grid, x)
+    return (1 - a) * values[i0] + a * values[i1]
+
+
+def grid_widths(channels: int, points: int = GRID_POINTS, multiple: int = 1) -> list[int]:
+    """``points`` widths up to ``channels``: multiples of a power-of-two quantum (and of ``multiple``), and ``channels`` itself."""
+    if channels <= 1:
+        return [max(1, channels)]
+    quantum = 1 << max(0, int(math.floor(math.log2(channels / points)))) if channels > points else 1
+    quantum = math.lcm(quantum, multiple)
+    # at most about 2 * points widths: the quantum is the largest power of two with channels / quantum >= points
+    return sorted({w for w in range(quantum, channels + 1, quantum)} | {channels})
+
+
+def fingerprint(model: nn.Module, input_shape: Sequence[int]) -> str:
+    """sha256 of the architecture and its current widths: module types, parameter shapes, layer hyper-parameters, input shape.
+
+    Weights are left out: every checkpoint of one architecture at one set of widths (a
+    fine-tuned copy, another seed) has the same latency, and shares a table.
+    """
+    parts: list[Any] = [list(input_shape)]
+    for name, m in model.named_modules():
+        entry: list[Any] = [name, type(m).__name__]
+        for pname, p in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
+            entry.append([pname, list(p.shape)])
+        if isinstance(m, nn.modules.conv._ConvNd):
+            entry.append([m.stride, m.padding, m.dilation, m.groups])
+        parts.append(entry)
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+def table_key(*, fingerprint: str, model: str, device: str, runtime: str, batch_size: int, threads: int, points: int = GRID_POINTS) -> dict[str, Any]:
+    """What a table is valid for: a cached table is reused only when every entry matches."""
+    return {
+        "fingerprint": fingerprint,
+        "model": model,
+        "device": device,
+        "runtime": runtime,
+        "batch_size": int(batch_size),
+        "memory_format": "contiguous",
+        "threads": int(threads),
+        "torch": torch.__version__,
+        "grid": int(points),
+    }
+
+
+def cache_dir() -> Path:
+    """Where `profile` and `prune --target-latency` keep tables (module docstring)."""
+    if os.environ.get("PRUNECLI_CACHE_DIR"):
+        return Path(os.environ["PRUNECLI_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "prunecli" / "latency"
+
+
+def cache_path(key: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return cache_dir() / f"{key['model'].replace('/', '_').replace(':', '_')}-{digest}.json"
+
+
+# -- the table
+
+
+@dataclass
+class LatencyTable:
+    key: dict[str, Any]
+    layers: list[Layer]
+    configs: dict[str, Config]
+    units: dict[str, int]  # root -> width the table was measured at (the model's current width)
+    unit_grids: dict[str, list[int]]  # root -> the widths its curve is given at
+    dense_ms: float  # the whole model, measured end to end
+    rest_ms: float  # dense_ms minus the layers' sum at full width
+    rest_fixed_ms: float = 0.0  # the part of the rest that does not shrink with the activations (module docstring)
+    check: list[dict[str, Any]] = field(default_factory=list)  # predicted vs measured pruned models (profile)
+    path: Optional[Path] = None
+
+    # -- predictions
+
+    def _activation_share(self, widths: dict[str, int]) -> float:
+        dense = sum(layer.out_max * layer.out_elems for layer in self.layers)
+        if dense <= 0:
+            return 1.0
+        return sum(layer.widths(widths, self.units)[1] * layer.out_elems for layer in self.layers) / dense
+
+    def layer_ms(self, layer: Layer, widths: dict[str, int]) -> float:
+        cin, cout = layer.widths(widths, self.units)
+        return self.configs[layer.config].at(cin, cout)
+
+    def predict(self, widths: dict[str, int]) -> float:
+        """Latency (ms, one batch) with each unit at ``widths[root]`` channels (absent: whole)."""
+        unknown = [u for u in widths if u not in self.units]
+        if unknown:
+            raise PruneCliError(f"latency table: {unknown[0]!r} is not a unit of {self.key['model']}")
+        return self.rest_at(self._activation_share(widths)) + sum(self.layer_ms(layer, widths) for layer in self.layers)
+
+    def rest_at(self, share: float) -> float:
+        """The rest (ms) when ``share`` of the dense activations are kept."""
+        return self.rest_fixed_ms + (self.rest_ms - self.rest_fixed_ms) * share
+
+    def curve(self, root: str) -> list[tuple[int, float]]:
+        """The model's latency against one unit's width (the others whole), at the unit's grid widths."""
+        return [(w, self.predict({root: w})) for w in self.unit_grids[root]]
+
+    def step_widths(self, root: str, *, threshold: float = 1.5) -> list[int]:
+        """Widths of ``root`` just below which latency steps down: ``--round-to auto`` snaps to these.
+
+        Where going from grid width w to the next one up costs more than ``threshold`` times
+        the curve's average cost per channel, w is a step: the widest width that still costs
+        the lower level (a kernel-friendly size, e.g. a multiple of 8 where the next width
+        starts a new SIMD block). The unit's full width
+        is always a step. A curve without steps (linear in the width) gives every grid width.
+        """
+        pts = self.curve(root)
+        if len(pts) < 2:
+            return [w for w, _ in pts]
+        ws, ms = [w for w, _ in pts], [m for _, m in pts]
+        span = (ms[-1] - ms[0]) / (ws[-1] - ws[0]) if ws[-1] != ws[0] else 0.0
+        steps = [ws[-1]]
+        for k in range(1, len(ws)):
+            slope = (ms[k] - ms[k - 1]) / (ws[k] - ws[k - 1])
+            if span > 0 and slope > threshold * span:
+                steps.append(ws[k - 1])  # the widest width below the jump: keeping it costs the lower step
+        steps = sorted(set(steps))
+        return ws if len(steps) < 2 else steps
+
+    def unit_layers(self, root: str) -> list[Layer]:
+        return [layer for layer in self.layers if root in (layer.in_unit, layer.out_unit)]
+
+    # -- files
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "key": self.key,
+            "dense_ms": self.dense_ms,
+            "rest_ms": self.rest_ms,
+            "rest_fixed_ms": self.rest_fixed_ms,
+            "units": self.units,
+            "unit_grids": self.unit_grids,
+            "layers": [vars(layer) for layer in self.layers],
+            "configs": {k: vars(c) for k, c in self.configs.items()},
+            "check": self.check,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "LatencyTable":
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise PruneCliError(f"{where}: not a prunecli latency table (write one with `prunecli profile CKPT -o FILE`)")
+        if data.get("version") != VERSION:
+            raise PruneCliError(f"{where}: latency table version {data.get('version')!r}; this prunecli reads version {VERSION}: profile again")
+        try:
+            return cls(
+                key=dict(data["key"]),
+                layers=[Layer(**d) for d in data["layers"]],
+                configs={k: Config(**c) for k, c in data["configs"].items()},
+                units={str(k): int(v) for k, v in data["units"].items()},
+                unit_grids={str(k): [int(x) for x in v] for k, v in data["unit_grids"].items()},
+                dense_ms=float(data["dense_ms"]),
+                rest_ms=float(data["rest_ms"]),
+                rest_fixed_ms=float(data.get("rest_fixed_ms", 0.0)),
+                check=list(data.get("check", [])),
+                path=Path(where),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise PruneCliError(f"{where}: a damaged latency table ({type(e).__name__}: {e}); profile again") from None
+
+
+def read_table(path: Path) -> LatencyTable:
+    """The table in ``path``; one-line errors for a missing, unreadable or foreign file."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise PruneCliError(f"{path}: cannot read the latency table: {(e.strerror or str(e)).lower()}") from None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise PruneCliError(f"{path}: not a prunecli latency table (not JSON)") from None
+    return LatencyTable.from_json(data, str(path))
+
+
+def check_fingerprint(table: LatencyTable, key: dict[str, Any]) -> None:
+    """A table measured on another architecture or other widths is refused: its layers are not this model's."""
+    if table.key.get("fingerprint") != key["fingerprint"]:
+        raise PruneCliError(
+            f"{table.path or 'latency table'}: measured on another model ({table.key.get('model')}, fingerprint "
+            f"{str(table.key.get('fingerprint'))[:12]}; this is {key['model']}, {key['fingerprint'][:12]}): profile this checkpoint"
+        )
+
+
+def mismatch(table: LatencyTable, key: dict[str, Any]) -> Optional[str]:
+    """The first entry of the key where ``table`` differs from ``key`` ("batch_size 8 != 32"), or None."""
+    for k, v in key.items():
+        if table.key.get(k) != v:
+            return f"{k} {table.key.get(k)} != {v}"
+    return None
+
+
+def cached_table(key: dict[str, Any]) -> Optional[LatencyTable]:
+    """The cached table of exactly this key, or None (a damaged or foreign cache file is ignored)."""
+    path = cache_path(key)
+    if not path.exists():
+        return None
+    try:
+        table = read_table(path)
+    except PruneCliError:
+        return None
+    return table if mismatch(table, key) is None else None
+
+
+def save_table(table: LatencyTable, path: Path) -> Path:
+    from prunecli.outputs import atomic_write
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(table.to_json(), indent=1)
+    atomic_write(path, lambda f: f.write(text.encode()))
+    table.path = path
+    return path
+
+
+# -- timing
+
+
+@dataclass
+class Runnable:
+    """A module and the one input batch it is timed on."""
+
+    module: nn.Module
+    input: torch.Tensor
+
+
+def _callable(r: Runnable, runtime: str, threads: int) -> Callable[[], Any]:
+    """``r`` in ``runtime`` as a no-argument call (TorchScript traced, ONNX exported in memory)."""
+    m, x = r.module.eval(), r.input
+    if runtime == "eager":
+        return lambda: m(x)
+    if runtime == "torchscript":
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(m, x, check_trace=False)
+        return lambda: traced(x)
+    import io
+    import warnings
+
+    from prunecli.metrics.runtimes import onnxruntime_runtime
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(m, (x,), buf, dynamo=False, input_names=["input"], output_names=["output"])
+    rt = onnxruntime_runtime(buf.getvalue(), threads=threads)
+    return lambda: rt.run(x)
+
+
+def require_runtime(runtime: str, device: str) -> None:
+    """One line for a runtime this machine cannot time: ONNX Runtime missing, or TorchScript/ONNX off the CPU."""
+    if runtime not in RUNTIMES:
+        raise PruneCliError(f"runtime {runtime!r}: valid: {', '.join(RUNTIMES)}")
+    if runtime == "onnxruntime":
+        from prunecli.metrics.runtimes import ONNX_EXTRA, onnxruntime_available
+
+        if not onnxruntime_available():
+            raise PruneCliError(f"--runtime onnxruntime: ONNX Runtime is not installed: {ONNX_EXTRA}")
+    if runtime != "eager" and not str(device).startswith("cpu"):
+        raise PruneCliError(f"--runtime {runtime} is timed on the CPU: use --device cpu (or --runtime eager on {device})")
+
+
+@torch.inference_mode()
+def time_runnables(
+    runnables: Sequence[Runnable], *, runtime: str = "eager", device: str = "cpu", threads: Optional[int] = None, warmup: int = 2, repeats: int = 7, max_seconds: float = 30.0
+) -> list[Latency]:
+    """Each runnable timed interleaved (each repeat starting at the next one in turn), medians with their spread."""
+    dev = torch.device(device)
+    with intra_op_threads(threads) as used:
+        load = load_average()
+        calls = []
+        for r in runnables:
+            calls.append(_callable(Runnable(r.module.to(dev), r.input.to(dev)), runtime, used))
+        sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+        for call in calls:
+            for _ in range(warmup):
+                call()
+        sync()
+        samples: list[list[float]] = [[] for _ in calls]
+        n, started = len(calls), time.perf_counter()
+        for rep in range(repeats):
+            for i in [(rep + k) % n for k in range(n)]:
+                t0 = time.perf_counter()
+                calls[i]()
+                sync()
+                samples[i].append((time.perf_counter() - t0) * 1000.0)
+            if rep >= 2 and time.perf_counter() - started > max_seconds:
+                break
+    out = []
+    for runs in samples:
+        q1, q3 = _quartiles(runs)
+        out.append(Latency(statistics.median(runs), "contiguous", int(runnables[0].input.shape[0]), len(runs), min(runs), q1, q3, max(runs), used, str(dev), load))
+    return out
+
+
+# -- building
+
+
+@dataclass
+class Link:
+    """Which unit gives a layer its input or output channels (from the Pruner's dependency groups)."""
+
+    unit: str  # root of the unit
+    layer: str  # conv/linear module name
+    side: str  # "in" or "out"
+
+
+def layer_shapes(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Each conv2d/linear layer's input and output shape (without the batch) on ``example``."""
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    hooks = []
+
+    def hook(name: str):
+        def record(mod, inp, out) -> None:  # a forward hook that returned a value would replace the output
+            shapes.setdefault(name, (tuple(inp[0].shape[1:]), tuple(out.shape[1:])))
+
+        return record
+
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            hooks.append(m.register_forward_hook(hook(name)))
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return shapes
+
+
+def describe_layers(model: nn.Module, example: torch.Tensor, links: list[Link], units: dict[str, int], points: int = GRID_POINTS) -> tuple[list[Layer], dict[str, Config]]:
+    """The model's conv/linear layers, their units and their (deduplicated) configurations, grids set, not measured."""
+    shapes = layer_shapes(model, example)
+    modules = dict(model.named_modules())
+    ins = {lk.layer: lk.unit for lk in links if lk.side == "in"}
+    outs = {lk.layer: lk.unit for lk in links if lk.side == "out"}
+    layers: list[Layer] = []
+    configs: dict[str, Config] = {}
+    for name, (in_shape, out_shape) in shapes.items():
+        m = modules[name]
+        if isinstance(m, nn.Linear):
+            cfg = Config("linear", {"bias": m.bias is not None}, m.in_features, m.out_features)
+            elems = 1
+        else:
+            depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+            size = list(in_shape[1:])
+            cfg = Config(
+                "conv",
+                {"kernel": list(m.kernel_size), "stride": list(m.stride), "padding": list(m.padding) if not isinstance(m.padding, str) else m.padding,
+                 "dilation": list(m.dilation), "groups": 0 if depthwise else m.groups, "bias": m.bias is not None, "size": size},
+                m.in_channels,
+                m.out_channels,
+            )
+            elems = int(math.prod(out_shape[1:]))
+        key = cfg.key()
+        if key not in configs:
+            g = 1 if cfg.kind == "linear" or cfg.depthwise else cfg.params["groups"]
+            cfg.out_grid = grid_widths(cfg.out_max, points, g)
+            cfg.in_grid = [cfg.out_max] if cfg.depthwise else grid_widths(cfg.in_max, points, g)
+            configs[key] = cfg
+        in_unit = ins.get(name)
+        in_scale = 1
+        if in_unit is not None and cfg.kind == "linear" and units.get(in_unit):
+            in_scale = max(1, cfg.in_max // units[in_unit])
+        layers.append(Layer(name, key, in_unit, outs.get(name), cfg.in_max, cfg.out_max, in_scale, elems, cfg.kind == "conv" and configs[key].depthwise))
+    return layers, configs
+
+
+def build_table(
+    model: nn.Module,
+    example: torch.Tensor,
+    links: list[Link],
+    units: dict[str, int],
+    key: dict[str, Any],
+    *,
+    repeats: int = 7,
+    timer: Callable[..., list[Latency]] = None,
+    half: Optional[tuple[nn.Module, dict[str, int]]] = None,
+) -> LatencyTable:
+    """Measure the table of ``model`` (``example``: one batch at the table's batch size, on its device).
+
+    ``half``: a pruned copy of the model and its unit widths, timed interleaved with the
+    dense model to split the rest into its fixed and its scaling part (module docstring);
+    without it the whole rest scales. ``timer`` is `time_runnables` unless given (tests
+    pass a deterministic one).
+    """
+    timer = timer or time_runnables
+    points = int(key.get("grid", GRID_POINTS))
+    one = example[:1]
+    layers, configs = describe_layers(model, one, links, units, points)
+    batch = example.shape[0]
+    opts = {"runtime": key["runtime"], "device": key["device"], "threads": key["threads"], "repeats": repeats}
+    total = sum(len(c.in_grid) * len(c.out_grid) for c in configs.values()) + 1
+    with step_bar(f"profiling {len(configs)} layer configurations", total, unit="widths") as bar:
+        for c in configs.values():
+            pairs = [(i, j) for i in range(len(c.in_grid)) for j in range(len(c.out_grid))]
+            runnables = []
+            for i, j in pairs:
+                module, shape = c.module(c.in_grid[i], c.out_grid[j])
+                runnables.append(Runnable(module, torch.randn(batch, *shape)))
+            lats = timer(runnables, **opts)
+            c.ms = [[0.0] * len(c.out_grid) for _ in c.in_grid]
+            for (i, j), lat in zip(pairs, lats):
+                c.ms[i][j] = lat.median_ms
+            if bar is not None:
+                bar.advance(len(pairs))
+        whole = [Runnable(model, example)] + ([Runnable(half[0], example)] if half is not None else [])
+        ends = timer(whole, **{**opts, "repeats": max(2 * repeats, 15)})  # two numbers carry the whole rest: more runs
+        dense = ends[0].median_ms
+        if bar is not None:
+            bar.advance(1)
+    unit_grids = {}
+    for root, channels in units.items():
+        mult = 1
+        for layer in layers:
+            if root in (layer.in_unit, layer.out_unit) and configs[layer.config].kind == "conv" and not layer.depthwise:
+                mult = math.lcm(mult, configs[layer.config].params["groups"])
+        unit_grids[root] = grid_widths(channels, points, mult)
+    table = LatencyTable(key=key, layers=layers, configs=configs, units=dict(units), unit_grids=unit_grids, dense_ms=dense, rest_ms=0.0)
+    table.rest_ms = dense - sum(table.layer_ms(layer, {}) for layer in layers)
+    if half is not None:
+        share = table._activation_share(half[1])
+        rest_half = ends[1].median_ms - sum(table.layer_ms(layer, half[1]) for layer in layers)
+        if share < 0.95:
+            # the line through (share, rest_half) and (1, rest_ms), read at share 0
+            fixed = rest_half - (table.rest_ms - rest_half) * share / (1.0 - share)
+            # noise can put the line's intercept outside [0, rest]: a fixed cost is neither negative nor above the whole rest
+            table.rest_fixed_ms = min(max(fixed, 0.0), max(table.rest_ms, 0.0))
+    return table

@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""How well does a latency table predict pruned models? Real timing, interleaved, medians.
+
+For each model (default: CIFAR ResNet-20 and ResNet-56 at 32x32; add ``resnet50`` for the
+ImageNet ResNet-50, at ``--imagenet-size``, 224 by default, slow on a 2-core CPU) with
+random weights (speed does not depend on the values), it measures the latency table
+(prunecli.stages.profile.obtain_table: per-layer grids plus the measured rest; always
+rebuilt, never read from the cache), prunes copies with l1 layer-wise at each ``--rates``
+and compresses them in memory, times the dense and the pruned models interleaved
+(``--repeats`` each, medians), and prints predicted vs measured and the error in %.
+
+    python scripts/bench_latency_table.py
+    python scripts/bench_latency_table.py --models resnet56,resnet50 --imagenet-size 128 --batch-size 1
+
+Measured on this project's shared 2-core CPU (load average 2.6-4 from other sessions:
+IQRs up to 40% of the median, so single numbers move by 10% between runs), eager, 1 thread,
+prediction error (predicted - measured) / measured:
+
+    resnet20 32px batch 8   dense -19.9%, l1 0.2 -5.1%, 0.4 -15.3%, 0.6 +45.9%  (table 4 s)
+    resnet56 32px batch 8   dense -2.1%,  l1 0.2 -7.9%, 0.4 -10.2%, 0.6 +14.6%  (table 13 s)
+    resnet50 112px batch 1  dense -8.9%,  l1 0.3 -2.1%, 0.6 +4.4%               (table 34 s; 224 px not run for time)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from prunecli.metrics import latency_table as lt
+from prunecli.models import build_model
+from prunecli.models._registry import ModelSpec
+from prunecli.stages.profile import _pruned_copy, obtain_table
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="resnet20,resnet56")
+    ap.add_argument("--rates", default="0.2,0.4,0.6")
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runtime", default="eager", choices=lt.RUNTIMES)
+    ap.add_argument("--grid", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=21)
+    ap.add_argument("--imagenet-size", type=int, default=224)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    device = torch.device("cpu")
+    rates = [float(r) for r in args.rates.split(",")]
+    for name in args.models.split(","):
+        imagenet = name in ("resnet50", "mobilenetv2_imagenet")
+        spec = ModelSpec(name=name, num_classes=1000 if imagenet else 10, image_size=args.imagenet_size if imagenet else 32)
+        model = build_model(spec).eval()
+        t0 = time.perf_counter()
+        table, _ = obtain_table(model, spec, device=device, runtime=args.runtime, batch_size=args.batch_size, threads=args.threads, points=args.grid, rebuild=True)
+        built = time.perf_counter() - t0
+        models, widths = [model], [{}]
+        for r in rates:
+            m, w = _pruned_copy(model, spec, device, r)
+            models.append(m)
+            widths.append(w)
+        x = torch.randn(args.batch_size, spec.in_channels, spec.image_size, spec.image_size)
+        lats = lt.time_runnables([lt.Runnable(m, x) for m in models], runtime=args.runtime, threads=args.threads, repeats=args.repeats, max_seconds=120)
+        print(f"{name} {spec.image_size}px, {args.runtime}, batch {args.batch_size}, {args.threads} thread(s): table of {len(table.configs)} configurations "
+              f"for {len(table.layers)} layers in {built:.0f} s (rest {table.rest_ms:.2f} ms, fixed part {table.rest_fixed_ms:.2f} ms)")
+        print(f"  {'model':<18} {'predicted':>10} {'measured':>10} {'IQR':>14} {'error':>7}")
+        for rate, w, lat in zip([0.0, *rates], widths, lats):
+            pred = table.predict({k: v for k, v in w.items() if k in table.units})
+            label = "dense" if rate == 0 else f"l1 layerwise {rate:g}"
+            print(f"  {label:<18} {pred:>8.2f}ms {lat.median_ms:>8.2f}ms {lat.q1_ms:>6.2f}-{lat.q3_ms:<6.2f} {(pred - lat.median_ms) / lat.median_ms:>+7.1%}")
+
+
+if __name__ == "__main__":
+    main()
