@@ -255,7 +255,7 @@ def test_a_folded_checkpoint_refuses_finetuning_and_exports(cli, tmp_path, resne
     assert "inference only" in line and not (tmp_path / "ft.pt").exists()
     r = cli("export", folded, "-o", tmp_path / "f.pt", "--json")
     report = json.loads(r.stdout)
-    assert r.code == 0 and report["batchnorm_folded"] == 0 and report["max_abs_diff"] < 1e-4
+    assert r.code == 0 and report["batchnorm_folded"] == 19 and report["max_abs_diff"] < 1e-4  # folded already: counted
 
     from dataclasses import replace
 
@@ -339,3 +339,76 @@ def test_deployed_runtime_matches_the_module(resnet20_files):
     with torch.inference_mode():
         assert difference(expected, runtime(probe))[1]
     assert any(isinstance(m, _BN) for m in net.modules())  # the module itself is left unfolded
+
+
+# ---------------------------------------------------------------------------- review follow-ups
+
+
+class _ConvBN(torch.nn.Module):
+    """conv -> BatchNorm -> pool -> linear, with a BatchNorm eps and variances chosen so a fold that
+    drops or doubles eps is off by far more than float rounding."""
+
+    def __init__(self, eps: float = 0.5, gate: bool = False):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1, bias=True)
+        self.bn = torch.nn.BatchNorm2d(4, eps=eps)
+        self.fc = torch.nn.Linear(4, 2)
+        self.gate = gate
+
+    def forward(self, x):
+        y = self.conv(x)
+        z = self.bn(y)
+        if self.gate:  # read without a gradient: invisible to the trace that finds foldable pairs
+            z = z * (y.detach() > 0).float()
+        return self.fc(torch.relu(z).mean((2, 3)))
+
+
+def _conv_bn(eps: float, gate: bool = False) -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = _ConvBN(eps, gate).eval()
+    with torch.no_grad():
+        net.bn.running_var.copy_(torch.tensor([1e-4, 0.01, 0.3, 2.0]))  # at, below and above eps
+        net.bn.running_mean.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
+        net.bn.weight.copy_(torch.tensor([1.5, 0.5, -1.0, 2.0]))
+        net.bn.bias.copy_(torch.tensor([0.1, 0.0, -0.3, 0.2]))
+    return net
+
+
+@pytest.mark.parametrize("eps", [0.5, 1e-3])
+def test_folding_honours_the_batchnorm_eps(eps):
+    net = _conv_bn(eps)
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        expected = net(x)
+        assert fold_batchnorm(net, x[:1], name="conv-bn") == 1
+        assert torch.allclose(net(x), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_fold_that_changes_outputs_is_left_unfolded_with_a_note():
+    from prunecli.stages.export import folded_copy
+
+    spec = ModelSpec("gate", 3, 2, 8, {})
+    for gate, folded, note in ((False, 1, None), (True, 0, "folding changed the outputs")):
+        net = _conv_bn(0.5, gate)
+        copy_, count, why = folded_copy(net, spec)
+        assert count == folded and (why is None if note is None else note in why)
+        assert isinstance(net.bn, _BN)  # the model given is never changed
+        probe = probe_batch(spec)
+        assert difference(outputs(net, probe), outputs(copy_, probe))[1]
+
+
+def test_export_refusals_keep_stdout_clean(cli, tmp_path, resnet20_files):
+    compressed = resnet20_files[1]
+    line = one_line_error(cli("export", compressed, "--format", "onnx", "-o", tmp_path / "o.pt"), 2)
+    assert ".pt name for an ONNX file" in line
+    assert one_line_error(cli("export", compressed, "-o", tmp_path / "o.onnx", "--opset", "30"), 2)
+    pytest.importorskip("onnx")
+    # opset 9 cannot express the option-A shortcut's strided slice: torch prints its graph from C++ on the way out
+    r = cli("export", compressed, "-o", tmp_path / "o9.onnx", "--opset", "9", "--json")
+    assert r.code == 1 and r.stdout == "" and not (tmp_path / "o9.onnx").exists()
+
+
+def test_compress_fold_bn_with_nothing_to_do_writes_nothing(cli, tmp_path):
+    plain = pc.save(pc.build("conv4", image_size=8), tmp_path / "conv4.pt")
+    line = one_line_error(cli("compress", plain, "--fold-bn", "--no-latency", "-o", tmp_path / "c.pt"))
+    assert "nothing to do" in line and "nothing to fold" in line and not (tmp_path / "c.pt").exists()

@@ -166,7 +166,10 @@ def _latency_caption(timed, *, iqr: bool) -> str:
     parts = [f"one batch of {timed[0].latency_batch_size}" if len(batches) == 1 else "one batch (bN: of N)"]
     runtime = first.get("runtime")
     if runtime and runtime != "eager":
-        parts.insert(0, f"in {runtime} (the exported model, BatchNorm folded)")
+        from prunecli.stages.evaluate import _folded_words
+
+        counts = [int((r.latency or {}).get("batchnorm_folded") or 0) for r in timed]
+        parts.insert(0, f"in {runtime} (the exported model, {_folded_words(counts)})")
     threads = {(r.latency or {}).get("threads") for r in timed if isinstance(r.latency, dict)}
     if len(threads) == 1 and isinstance(first.get("threads"), int) and first["threads"] > 0:
         parts.append(f"{first['threads']} thread{'s' if first['threads'] != 1 else ''}")

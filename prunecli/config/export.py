@@ -45,7 +45,9 @@ class ExportConfig(StageConfig):
     # exports the layers as they are, e.g. to measure what folding gains
     fold_bn: bool = option(True, help="Fold every BatchNorm that directly follows a conv into it.", panel=PANEL_OUT)
     # None: the exporter's default opset (18 with torch 2.14's TorchScript-based exporter)
-    opset: Optional[int] = option(None, help="ONNX opset version (default: the exporter's).", panel=PANEL_OUT, min=7, max=30)
+    # the TorchScript-based exporter of torch 2.x rejects opsets outside 7..23 (torch.onnx._constants);
+    # a rejected one made it print the whole traced graph on stdout from C++
+    opset: Optional[int] = option(None, help="ONNX opset version (default: the exporter's).", panel=PANEL_OUT, min=7, max=23)
     latency: bool = option(
         False, help="Also time the checkpoint's eager model against the exported file in its runtime, interleaved.", panel=PANEL_RUN
     )
@@ -70,6 +72,9 @@ class ExportConfig(StageConfig):
         fmt = self.format or format_for(self.output)
         if self.output is not None and fmt is ExportFormat.torchscript and format_for(self.output) is ExportFormat.onnx:
             raise OptionError(f"{{output}} {self.output}: an .onnx name for a TorchScript file; pass {{format}} onnx or name it .pt")
+        if self.output is not None and fmt is ExportFormat.onnx and str(self.output).lower().endswith((".pt", ".pth")):
+            # a .pt name reads as a checkpoint or TorchScript file: every prunecli command would then misread it
+            raise OptionError(f"{{output}} {self.output}: a .pt name for an ONNX file; name it .onnx")
         if self.opset is not None and fmt is not ExportFormat.onnx:
             raise OptionError("{opset} is an ONNX setting: it needs {format} onnx (or an {output} ending in .onnx)")
         return fmt

@@ -118,7 +118,8 @@ def deadline(seconds: float, what: str) -> Iterator[None]:
 
 
 def first_line(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else ""
+    """The first non-empty line of an exception's message (TorchScript's start with a newline)."""
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), "")
 
 
 def trace(model: nn.Module, example_input: torch.Tensor, *, name: str = "model"):

@@ -149,11 +149,16 @@ def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport
     out = derive_compressed(ckpt, "compress", cfg.to_options(), model, removal.history, removal.kept, metrics=metrics, extra=extra)
     if cfg.fold_bn:
         # after the removal: folding is recorded as a converter, and converters replay before the removal history
-        out, model, folded = fold_checkpoint(out, model)
+        out, model, folded = fold_checkpoint(out, model, where=str(source))
         if folded:
             after = count_complexity(model, shape)  # a BatchNorm's scale and shift go, a conv bias comes
             out = replace(out, metrics={**out.metrics, "macs": after.macs, "params": after.params})
             notes.append(f"folded {folded} BatchNorm(s) into the convs before them: the file is inference-only (finetune refuses it)")
+        elif not plan.units and not dropped and not cfg.force:
+            raise NothingToRemove(
+                f"{source}: nothing to do: no channel is entirely zero and no BatchNorm directly follows a conv (nothing to fold); "
+                "nothing written (--force writes it anyway)"
+            )
         else:
             notes.append("--fold-bn: no BatchNorm directly follows a conv here; nothing folded")
     out = with_result(out, macs_before=before.macs, params_before=before.params, macs_after=after.macs, params_after=after.params, compressed=True)

@@ -15,6 +15,7 @@ from prunecli.config import EvaluateConfig
 from prunecli.data.loaders import make_batches
 from prunecli.engine.distributed import resolve_device
 from prunecli.engine.loop import evaluate
+from prunecli.errors import PruneCliError
 from prunecli.metrics.complexity import count_complexity
 from prunecli._console import log, warn
 from prunecli.metrics.latency import measure_latencies, unreliable
@@ -77,8 +78,15 @@ def evaluate_checkpoints(paths: list[Path], cfg: Optional[EvaluateConfig] = None
         require_runtime(cfg.runtime.value)  # a missing optional runtime: before any evaluation
     loaded = [load_checkpoint(p) for p in paths]  # fail on a bad file before any work
     reports, models = [], []
+    deployed = []  # (Runtime, BatchNorms folded) per checkpoint with --runtime torchscript|onnxruntime
     for ckpt in loaded:
         model = rebuild_model(ckpt, allow_nonfinite=cfg.allow_nonfinite).to(dev)
+        if cfg.latency and cfg.runtime.value != "eager":
+            # before its evaluation: a model the runtime cannot take fails in seconds, not after the test set
+            try:
+                deployed.append(deployed_runtime(model, ckpt.model, cfg.runtime.value, threads=cfg.threads))
+            except PruneCliError as e:
+                raise PruneCliError(f"{ckpt.path}: {e} (--runtime eager times the module as it is)") from None
         bundle = data_for_checkpoint(ckpt, dataset=cfg.dataset, data=cfg.data, download=cfg.download)
         split = cfg.split.value
         label_seed = shuffled_label_seed(ckpt) if split == "train" else None
@@ -119,19 +127,27 @@ def evaluate_checkpoints(paths: list[Path], cfg: Optional[EvaluateConfig] = None
                 lats = measure_latencies([models[i][0] for i in idx], shape, batch_size=cfg.batch_size, device=dev, repeats=cfg.repeats, threads=cfg.threads)
             else:
                 # the deployed form, as `prunecli export` writes it; exported graphs run on the CPU
-                deployed = [deployed_runtime(models[i][0], loaded[i].model, runtime, threads=cfg.threads)[0] for i in idx]
-                lats = measure_runtimes(deployed, shape, batch_size=cfg.batch_size, repeats=cfg.repeats, threads=cfg.threads)
+                lats = measure_runtimes([deployed[i][0] for i in idx], shape, batch_size=cfg.batch_size, repeats=cfg.repeats, threads=cfg.threads)
             for i, lat in zip(idx, lats):
                 record = {**lat.to_json(), "runtime": runtime}
+                if runtime != "eager":
+                    record["batchnorm_folded"] = deployed[i][1]
                 reports[i] = replace(
                     reports[i], latency_ms=lat.median_ms, latency_batch_size=lat.batch_size, memory_format=lat.memory_format, latency=record
                 )
-            how = "" if runtime == "eager" else f"{runtime}, BatchNorm folded, "
+            how = "" if runtime == "eager" else f"{runtime}, {_folded_words([deployed[i][1] for i in idx])}, "
             log(f"latency: {how}interleaved, median of {lats[0].runs} runs after warm-up; {lats[0].conditions()}")
             why = unreliable(lats)
             if why:
                 warn(why)
     return reports
+
+
+def _folded_words(counts: list[int]) -> str:
+    """How the deployed models' BatchNorms stand, in words (export folds what it can)."""
+    if all(counts):
+        return "BatchNorm folded"
+    return "no BatchNorm folded" if not any(counts) else "BatchNorm folded where a conv precedes it"
 
 
 def ancestor_columns(reports: list[Report]) -> list[Optional[int]]:

@@ -38,8 +38,11 @@ runtime, interleaved (prunecli.metrics.runtimes).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
+import os
+import sys
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -130,16 +133,12 @@ def _export(source: Path, cfg: ExportConfig, fmt: ExportFormat, output: Path) ->
     probe = probe_batch(spec)
     expected = outputs(model, probe)
     example = example_input(spec, batch=TRACE_BATCH)
-    net = copy.deepcopy(model).eval()
-    folded = 0
     if cfg.fold_bn:
-        try:
-            folded = fold_batchnorm(net, example_input(spec), name=spec.name)
-        except PruneCliError as e:  # Torch-Pruning cannot trace it: export as it is
-            net = copy.deepcopy(model).eval()
-            notes.append(f"BatchNorm not folded: {e}")
-    if cfg.fold_bn and not folded and not any(n.startswith("BatchNorm not folded") for n in notes):
-        notes.append("no BatchNorm (left) directly follows a conv in this model: nothing to fold")
+        net, folded, note = folded_copy(model, spec, probe=probe, expected=expected)
+        if note:
+            notes.append(note)
+    else:
+        net, folded = copy.deepcopy(model).eval(), 0
 
     metadata = _metadata(ckpt, source, folded)
     if fmt is ExportFormat.torchscript:
@@ -188,19 +187,50 @@ def deployed_runtime(model: torch.nn.Module, spec, runtime: str, *, threads: Opt
     BatchNorms. onnxruntime (and onnx, which writes the file) missing: one-line error.
     """
     require_runtime(runtime)
-    net = copy.deepcopy(model).cpu().eval()
-    folded = 0
+    model = copy.deepcopy(model).cpu()  # the caller's module stays where it is (a GPU evaluation goes on there)
     if fold_bn:
-        try:
-            folded = fold_batchnorm(net, example_input(spec), name=spec.name)
-        except PruneCliError:  # Torch-Pruning cannot trace it: deployed unfolded, as export does
-            net = copy.deepcopy(model).cpu().eval()
+        net, folded, _ = folded_copy(model, spec)
+    else:
+        net, folded = model.eval(), 0
     if runtime == EAGER:
         return eager_runtime(net), folded
     example = example_input(spec, batch=TRACE_BATCH)
     if runtime == TORCHSCRIPT:
         return torchscript_runtime(_torchscript_bytes(net, example, {}, spec.name)), folded
     return onnxruntime_runtime(_onnx_bytes(net, example, {}, spec.name, None), threads=threads or torch.get_num_threads()), folded
+
+
+def folded_copy(model: torch.nn.Module, spec, *, probe: Optional[torch.Tensor] = None, expected=None) -> tuple[torch.nn.Module, int, Optional[str]]:
+    """(a copy of ``model`` with its BatchNorms folded, how many are folded, a note or None); ``model`` is unchanged.
+
+    The fold is checked against the unfolded model on the probe batch: the trace that finds
+    the pairs sees only what autograd records, so a conv output that is also read without
+    a gradient (``conv_out > 0`` as a gate) looks foldable and is not. Then the copy stays
+    unfolded, and the note says so; so it does where Torch-Pruning cannot trace the model.
+    BatchNorms that an earlier ``compress --fold-bn`` folded count as folded.
+    """
+    from prunecli.models.folding import FoldedBatchNorm
+
+    before = sum(isinstance(m, FoldedBatchNorm) for m in model.modules())
+    net = copy.deepcopy(model).eval()
+    try:
+        folded = fold_batchnorm(net, example_input(spec), name=spec.name)
+    except PruneCliError as e:  # Torch-Pruning cannot trace it: as it is
+        return copy.deepcopy(model).eval(), before, f"BatchNorm not folded: {e}"
+    if folded:
+        probe = probe if probe is not None else probe_batch(spec)
+        expected = expected if expected is not None else outputs(model, probe)
+        diff, same = difference(expected, outputs(net, probe))
+        if not same:
+            return copy.deepcopy(model).eval(), before, (
+                f"BatchNorm not folded: folding changed the outputs (max |diff| {diff:.3g}): a conv output is also read where the trace "
+                "does not see it; left unfolded"
+            )
+    if folded + before == 0:
+        return net, 0, "no BatchNorm directly follows a conv in this model: nothing to fold"
+    if not folded:
+        return net, before, f"its {before} BatchNorm(s) were folded already (compress --fold-bn)"
+    return net, folded + before, None
 
 
 def require_runtime(runtime: str) -> None:
@@ -267,12 +297,32 @@ def _torchscript_bytes(net: torch.nn.Module, example: torch.Tensor, metadata: di
     return buf.getvalue()
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """File descriptor 1 pointed at 2 for the duration: on a failure torch's ONNX exporter prints
+    the whole traced graph from C++ ("Torch IR graph at exception"), which Python's
+    redirection does not catch, and stdout is only for the output path or the JSON."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no fd 1 (an embedded interpreter): nothing to protect
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _onnx_bytes(net: torch.nn.Module, example: torch.Tensor, metadata: dict, name: str, opset: Optional[int]) -> bytes:
     import onnx
 
     buf = io.BytesIO()
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _stdout_to_stderr():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice and tracer warnings
             torch.onnx.export(
                 net,

@@ -43,15 +43,17 @@ from prunecli.surgery.masks import apply_masks
 _BN_TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
-def fold_checkpoint(ckpt: Checkpoint, model: nn.Module, *, verify: bool = True) -> tuple[Checkpoint, nn.Module, int]:
+def fold_checkpoint(ckpt: Checkpoint, model: nn.Module, *, verify: bool = True, where: Optional[str] = None) -> tuple[Checkpoint, nn.Module, int]:
     """(the folded checkpoint, ``model`` folded in place, how many BatchNorms were folded).
 
     ``model`` is ``ckpt``'s model as rebuilt (masks applied). With nothing to fold the
     checkpoint comes back unchanged and the count is 0. ``verify``: rebuild the result
     and compare (module docstring); leave it on unless the caller checks the file itself.
+    ``where``: the file errors name (default: the checkpoint's path; a result not yet
+    written has none, so compress passes its input's).
     """
     spec = ckpt.model
-    where = str(ckpt.path or "checkpoint")
+    where = where or str(ckpt.path or "checkpoint")
     example = example_input(spec, device=_device_of(model))
     pairs = foldable_pairs(model, example, name=spec.name)
     if not pairs:
