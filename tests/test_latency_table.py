@@ -278,3 +278,19 @@ def test_onnxruntime_missing(cli, tiny_base, monkeypatch, tmp_path):
 def test_bad_round_to(cli, tiny_base):
     line = one_line_error(cli("prune", tiny_base, "--rate", "0.3", "--round-to", "eight"), 2)
     assert "--round-to" in line
+
+
+def test_target_latency_warns_about_a_nearly_emptied_layer():
+    """No layer is asked for a rate under --target-latency, so a layer the allocation leaves under 10% is reported, with the cap to use."""
+    from types import SimpleNamespace as NS
+
+    from prunecli.stages.prune import surprises
+
+    def unit(root, size, kept):
+        return NS(status="prune", size=size, kept=kept, rate=None, unit=NS(root=root))
+
+    plan = NS(rate=None, granularity="channel", units=[unit("conv1", 64, 4), unit("layer1.0.conv1", 16, 8)])
+    cfg = NS(scope=NS(value="layerwise"), rate=None, layer_rate=[], layer_rates=None, from_sensitivity=None, target_latency=0.5)
+    (line,) = surprises(plan, cfg, 1000, 500)
+    assert "1 layer(s) keep less than 10%" in line and "conv1 64->4" in line and "--max-layer-rate" in line
+    assert surprises(plan, NS(**{**vars(cfg), "target_latency": None}), 1000, 500) == []  # a rate nobody asked: no warning

@@ -386,6 +386,8 @@ def surprises(plan: Plan, cfg: PruneConfig, params_before: int, params_after: in
     * A layer keeps less than 10% of its channels (or weights) though less than 90% was
       asked of it: under ``--scope global`` one threshold over all channels can strip a
       layer whose scores are low everywhere (a residual stream's BatchNorms).
+      Under ``--target-latency`` no layer is asked for a rate, so every such layer is
+      reported: the allocation strips the layers with the widest activations first.
     * The parameters fall by far more than the rate (channel granularity, one rate for
       every layer). Removing a fraction r of every layer's channels removes r of a
       layer's outputs *and* of the next layer's inputs, so a network keeps about (1 - r)^2
@@ -397,19 +399,25 @@ def surprises(plan: Plan, cfg: PruneConfig, params_before: int, params_after: in
     out: list[str] = []
     base = plan.rate if plan.rate is not None else cfg.rate
     global_ = cfg.scope.value == "global"
+    # --target-latency asks no layer for a rate: a nearly emptied layer is the allocation's choice
+    by_latency = getattr(cfg, "target_latency", None) is not None
     unit_word = "channels" if plan.granularity == "channel" else "weights"
     thin = []
     for p in plan.units:
         if p.status != "prune" or p.size == 0:
             continue
-        asked = base if global_ else p.rate
-        if asked is None or asked >= 1.0 - THIN_LAYER:
-            continue  # asked for: nothing to warn about
+        if not by_latency:
+            asked = base if global_ else p.rate
+            if asked is None or asked >= 1.0 - THIN_LAYER:
+                continue  # asked for: nothing to warn about
         if p.kept / p.size < THIN_LAYER:
             thin.append(f"{p.unit.root} {p.size}->{p.kept}")
     if thin:
         how = (
-            "--scope global ranks every channel under one threshold; cap layers with --max-layer-rate R or use --scope layerwise"
+            "--target-latency takes channels where they save the most time per unit of score, so the widest activations go "
+            "first; cap layers with --max-layer-rate R"
+            if by_latency
+            else "--scope global ranks every channel under one threshold; cap layers with --max-layer-rate R or use --scope layerwise"
             if global_
             else "check --layer-rate/--layer-rates"
         )
