@@ -167,7 +167,17 @@ def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport
     lat_before = lat_after = None
     latency = None
     if cfg.latency:
-        lb, la = measure_latencies([reference, model], shape, batch_size=cfg.batch_size, device=resolve_device(cfg.device), repeats=cfg.repeats, threads=cfg.threads)
+        lb, la = measure_latencies(
+            [reference, model],
+            shape,
+            batch_size=cfg.batch_size,
+            device=resolve_device(cfg.device),
+            repeats=cfg.repeats,
+            threads=cfg.threads,
+            warmup=1,  # one untimed pass pays the first-call allocations; rounds interleave the rest
+            max_seconds=cfg.latency_budget,
+            min_repeats=3,
+        )
         reference = None  # freed before the file is written
         lat_before, lat_after = lb.median_ms, la.median_ms
         latency = {"before": lb.to_json(), "after": la.to_json(), "conditions": lb.conditions() if lb.memory_format == la.memory_format else f"{lb.conditions()} / {la.memory_format}"}
