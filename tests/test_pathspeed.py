@@ -133,9 +133,9 @@ def test_latency_keeps_to_its_budget_and_says_how_it_was_measured():
     t0 = time.perf_counter()
     lats = measure_latencies(models, (3, 4, 4), batch_size=1, repeats=50, warmup=1, max_seconds=0.4, min_repeats=3)
     took = time.perf_counter() - t0
-    # a warm-up of both models (0.15 s) is over a quarter of 0.4 s: one memory format; then 3 rounds of 0.15 s
-    assert all(lat.runs == 3 and lat.stopped == "budget" and lat.memory_format == "contiguous" for lat in lats)
-    assert took < 1.2, took
+    # the warm-up (both models, both formats: 0.3 s) is over a quarter of 0.4 s: one format each; then 3 rounds of 0.15 s
+    assert all(lat.runs == 3 and lat.stopped == "budget" for lat in lats)
+    assert took < 1.4, took
     assert lats[0].seconds == pytest.approx(took, abs=0.1)
     assert "1 warm-up" in lats[0].conditions() and "stopped: budget" in lats[0].conditions()
 
@@ -144,6 +144,7 @@ def test_latency_rounds_stop_once_every_models_runs_are_steady():
     from prunecli.metrics.latency import _stable
 
     steady = {(0, "contiguous"): [10.0, 10.1, 10.0, 9.9, 10.0], (1, "contiguous"): [5.0, 5.1, 5.0, 5.0, 4.9]}
-    assert _stable(steady, 2, ("contiguous",))
+    tried = {0: ("contiguous",), 1: ("contiguous",)}
+    assert _stable(steady, tried)
     noisy = {**steady, (1, "contiguous"): [5.0, 7.0, 4.0, 6.0, 5.5]}
-    assert not _stable(noisy, 2, ("contiguous",))
+    assert not _stable(noisy, tried)

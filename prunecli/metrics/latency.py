@@ -164,11 +164,11 @@ def measure_latencies(
     rounds are done, or, after ``min_repeats`` rounds, until ``max_seconds`` (counted from
     the first warm-up pass, so the budget covers everything) is spent or every model's
     runs are stable (interquartile range within `STABLE_SPREAD` of the median: more
-    rounds would not move the median much). A second memory format is only tried when a
-    warm-up pass of every variant fits in a quarter of the budget (tv ResNet-50 at batch
-    32 on a CPU takes about 1.5 s a pass: trying both formats doubled a 35 s measurement);
-    otherwise the models run contiguous. Each `Latency` records the warm-up passes, the
-    seconds spent and why the rounds stopped.
+    rounds would not move the median much). Every model is warmed up in every memory
+    format; when that alone takes more than a quarter of the budget, each model's rounds
+    use only the format its warm-up pass was faster in (tv ResNet-50 at batch 32 on a CPU
+    takes 1.9-3 s a pass: timing both formats doubled a 35 s measurement). Each `Latency`
+    records the warm-up passes, the seconds spent and why the rounds stopped.
     """
     with intra_op_threads(threads) as used:
         return _measure(models, input_shape, batch_size, device, warmup, repeats, max_seconds, formats, used, min_repeats)
@@ -178,8 +178,9 @@ def measure_latencies(
 STABLE_SPREAD = 0.05
 
 
-def _stable(samples: dict, n_models: int, formats) -> bool:
-    for i in range(n_models):
+def _stable(samples: dict, tried: dict[int, tuple[str, ...]]) -> bool:
+    """Is every model's interquartile range (in its faster format) within `STABLE_SPREAD` of its median?"""
+    for i, formats in tried.items():
         best = min(formats, key=lambda f: statistics.median(samples[(i, f)]))
         runs = samples[(i, best)]
         q1, q3 = _quartiles(runs)
@@ -203,16 +204,22 @@ def _measure(models, input_shape, batch_size, device, warmup, repeats, max_secon
         for m in models:
             m.eval().to(device)
         inputs = {f: x.contiguous(memory_format=_FORMATS[f]) for f in formats}
-        for n, f in enumerate(formats):
+        first: dict[tuple[int, str], float] = {}  # each variant's last warm-up pass, s
+        for f in formats:
             for i in range(len(models)):
                 models[i].to(memory_format=_FORMATS[f])
                 for _ in range(warmup):
+                    _sync(device)
+                    t0 = time.perf_counter()
                     models[i](inputs[f])
-            _sync(device)
-            if n == 0 and len(formats) > 1 and warmup and time.perf_counter() - started > max_seconds / 4:
-                formats = formats[:1]  # one warm-up of each model ate a quarter of the budget: one format only
-                break
-        variants = [(i, f) for i in range(len(models)) for f in formats]
+                    _sync(device)
+                    first[(i, f)] = time.perf_counter() - t0
+        tried = {i: formats for i in range(len(models))}
+        if len(formats) > 1 and first and time.perf_counter() - started > max_seconds / 4:
+            # the warm-up alone ate a quarter of the budget: each model's rounds use the format
+            # its warm-up pass was faster in (tv ResNet-50, batch 32, CPU: 1.9 s channels_last, 3.0 s contiguous)
+            tried = {i: (min(formats, key=lambda f: first[(i, f)]),) for i in range(len(models))}
+        variants = [(i, f) for i in range(len(models)) for f in tried[i]]
         samples: dict[tuple[int, str], list[float]] = {v: [] for v in variants}
         # a large model's rounds take up to max_seconds on a CPU: a bar on a terminal
         with step_bar("timing latency", repeats * len(variants), unit="passes") as bar:
@@ -230,7 +237,7 @@ def _measure(models, input_shape, batch_size, device, warmup, repeats, max_secon
                     if time.perf_counter() - started > max_seconds:
                         stopped = "budget"
                         break
-                    if _stable(samples, len(models), formats):
+                    if _stable(samples, tried):
                         stopped = "stable"
                         break
     finally:
@@ -239,7 +246,7 @@ def _measure(models, input_shape, batch_size, device, warmup, repeats, max_secon
     seconds = time.perf_counter() - started
     out = []
     for i in range(len(models)):
-        best = min(formats, key=lambda f: statistics.median(samples[(i, f)]))
+        best = min(tried[i], key=lambda f: statistics.median(samples[(i, f)]))
         runs = samples[(i, best)]
         q1, q3 = _quartiles(runs)
         out.append(
