@@ -20,7 +20,7 @@ them), so ``prunecli info`` shows what was done, and a saved file rebuilds from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -40,6 +40,8 @@ class Network:
 
     module: nn.Module
     checkpoint: Checkpoint
+    # what the last `prune` traced and removed from a copy, for a `compress` right after it
+    _pending: Optional["_Pending"] = field(default=None, repr=False, compare=False)
 
     @property
     def spec(self) -> ModelSpec:
@@ -114,6 +116,7 @@ def prune(
     plan = pruner.plan_for_macs(cfg.target_macs) if cfg.target_macs is not None else pruner.plan()
     check_something_selected(plan, cfg)
     masked = pruner.mask(plan)
+    net._pending = _Pending(pruner, plan, masked, _fingerprint(net.module))
     extra = dict(net.checkpoint.extra)
     extra["prune"] = {**prune_record(cfg, criterion, "one-shot", plan.rate), "layers": [vars(r) for r in plan.rows()]}
     given = {k: v for k, v in {"method": method, "rate": rate, **options}.items() if v is not None}
@@ -130,27 +133,39 @@ def compress(net: Network) -> float:
 
     from prunecli.errors import PruneCliError
     from prunecli.stages.checkpoints import derive_compressed
+    from prunecli.models.residual import dead_blocks
     from prunecli.stages.compress import drop_dead_blocks
     from prunecli.surgery import Pruner
-    from prunecli.surgery.equivalence import difference, outputs, probe_batch
+    from prunecli.surgery.equivalence import counted_outputs, difference, probe_batch
+    from prunecli.surgery.removal import must_run
 
     device = _device(net.module)
-    work = copy.deepcopy(net.module)
     probe = probe_batch(net.spec, device=device)
-    expected = outputs(net.module, probe)
-    parent, work, dropped, _ = drop_dead_blocks(replace(net.checkpoint, state_dict=net.module.state_dict()), work)
-    pruner = Pruner(work, example_input=example_input(net.spec, device=device), name=net.spec.name)
-    plan = pruner.plan_zeroed()
-    removal = pruner.remove(plan)
-    diff, same = difference(expected, outputs(work, probe))
+    expected, before = counted_outputs(net.module, probe)  # the masked network's outputs, its MACs counted on the way
+    parent = replace(net.checkpoint, state_dict=net.module.state_dict())
+    pending, net._pending = net._pending, None
+    if pending is not None and pending.still_fits(net.module) and not dead_blocks(net.module)[0]:
+        # right after `prune`: its Pruner has the trace, and removed the same channels from a copy already
+        plan, dropped = pending.pruner.plan_zeroed(), []
+        done = pending.masked if _same_channels(plan, pending.plan) else pending.pruner.mask(plan, apply=False, check=False)
+        work, history, kept = done.compressed, done.history, done.kept
+    else:
+        work = copy.deepcopy(net.module)
+        parent, work, dropped, _ = drop_dead_blocks(parent, work)
+        pruner = Pruner(work, example_input=example_input(net.spec, device=device), name=net.spec.name)
+        plan = pruner.plan_zeroed()
+        removal = pruner.remove(plan, check=False)
+        history, kept = removal.history, removal.kept
+    with must_run(net.spec.name):  # the probe is the compressed network's first forward pass
+        got, after = counted_outputs(work, probe)
+    diff, same = difference(expected, got)
     if not same:
         raise PruneCliError(f"the compressed model differs from the masked one (max |diff| {diff:.3g}); the network is unchanged")
-    before, after = count_complexity(net.module, net.input_shape), count_complexity(work, net.input_shape)
     metrics = {"macs": after.macs, "params": after.params, "macs_before_compress": before.macs, "max_abs_diff": diff}
     extra = dict(net.checkpoint.extra)
     extra.pop("rewind", None)  # rewind weights have the uncompressed shapes
     extra["compress"] = {"removed": [[p.unit.root, p.size, p.kept] for p in plan.units], "dropped_blocks": dropped}
-    net.checkpoint = derive_compressed(parent, "compress", {}, work, removal.history, removal.kept, metrics=metrics, extra=extra)
+    net.checkpoint = derive_compressed(parent, "compress", {}, work, history, kept, metrics=metrics, extra=extra)
     net.module = work.eval()
     return diff
 
@@ -177,6 +192,36 @@ def _next(net: Network, command: str, options: dict[str, Any], **fields: Any) ->
     """The checkpoint after one in-memory step: a lineage entry, the module's weights now."""
     parent = replace(net.checkpoint, state_dict=net.module.state_dict())
     return derive(parent, command, {"api": True, **options}, state_dict=net.module.state_dict(), **fields)
+
+
+def _fingerprint(module: nn.Module) -> list[tuple]:
+    """What changes when a module's structure or any tensor of it changes: the modules, and each
+    tensor's identity, storage and version counter (in-place writes such as an optimizer step bump it)."""
+    tensors = [(id(t), t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers())]
+    return [tuple(id(m) for m in module.modules()), *tensors]
+
+
+@dataclass(eq=False)
+class _Pending:
+    """The last `prune` of a Network: its Pruner (trace and units), plan and removal from a copy."""
+
+    pruner: Any
+    plan: Any
+    masked: Any
+    fingerprint: list[tuple]
+
+    def still_fits(self, module: nn.Module) -> bool:
+        """Is ``module`` still the network pruned, unchanged since (not trained, edited, replaced)?"""
+        return self.pruner.model is module and _fingerprint(module) == self.fingerprint
+
+
+def _same_channels(a, b) -> bool:
+    """Do plans ``a`` and ``b`` remove the same channels of the same units?"""
+
+    def channels(plan):
+        return {p.unit.root: sorted(int(i) for i in p.prune) for p in plan.pruned}
+
+    return channels(a) == channels(b)
 
 
 def _device(module: nn.Module) -> torch.device:

@@ -26,6 +26,33 @@ rather than page faults; the default measures plain PyTorch as installed.
     python scripts/bench_compress.py --malloc tuned     # the same without mmap page faults
     python scripts/bench_compress.py --device cuda      # on a GPU
     python scripts/bench_compress.py --settings resnet56 --batch-sizes 64 --repeats 15
+
+``--mode path`` asks another question: what does prunecli's own pruning path cost next to
+bare Torch-Pruning making the same network? For ResNet-20/56 (CIFAR, 32x32), torchvision
+ResNet-50/152 and DenseNet-121 (224x224), l1 at ``--rate`` (0.5) layer-wise, it times,
+in one warm process, each path from a model (or its file) to the pruned network:
+
+    tp                bare Torch-Pruning: MagnitudePruner(L1, layer-wise, the same rate,
+                      the last layer ignored as prunecli leaves it) + step() on the
+                      model in memory -- what a script using Torch-Pruning writes
+    api               prunecli.api.prune + compress on the same model in memory: the fair
+                      "prune + compress" comparison (same input, same output, plus the
+                      masks, lineage, MAC counts and the masked == compressed check)
+    stages            prune_checkpoint + compress_checkpoint (latency off), file to file:
+                      the two commands without start-up, checkpoint load and save included
+    prune --compress  prune_checkpoint(compress=True): the one command that does both
+
+Model copies are made outside the timed region; each path runs once untimed first
+(in process means warm), then ``--repeats`` (5) times interleaved, each repeat starting
+at the next path; medians and the ratio to ``tp`` are printed. The networks must be
+structurally identical (every state-dict shape equal to Torch-Pruning's, for the API's
+module and for the files rebuilt), or the script stops. One more run of ``api`` and
+``stages`` is timed per phase (the functions in PHASES, each phase's time excluding the
+phases it calls; "other" is the rest). ``--threads 1`` gives steadier numbers on a
+shared machine.
+
+    python scripts/bench_compress.py --mode path --threads 1
+    python scripts/bench_compress.py --mode path --models resnet20 resnet56 --repeats 9
 """
 
 from __future__ import annotations
@@ -33,6 +60,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -66,13 +94,22 @@ def fold_bn(model: torch.nn.Module) -> torch.nn.Module:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", choices=("latency", "path"), default="latency", help="path: prunecli's prune + compress against bare Torch-Pruning")
+    ap.add_argument("--models", nargs="+", default=list(PATH_SETTINGS), choices=list(PATH_SETTINGS), help="--mode path: the models")
+    ap.add_argument("--rate", type=float, default=0.5, help="--mode path: the l1 rate")
+    ap.add_argument("--threads", type=int, default=None, help="--mode path: PyTorch threads (default: PyTorch's; 1 is steadier on a shared machine)")
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     ap.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 64])
-    ap.add_argument("--repeats", type=int, default=11, help="timed forward passes per model and memory format")
+    ap.add_argument("--repeats", type=int, default=None, help="timed forward passes per model and memory format (default 11); --mode path: runs of each path (default 5)")
     ap.add_argument("--max-seconds", type=float, default=90.0, help="time budget per latency measurement")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--malloc", choices=("default", "tuned"), default="default", help="tuned: no mmap for large tensors (see above)")
     args = ap.parse_args()
+    if args.mode == "path":
+        args.repeats = args.repeats or 5
+        path_main(args)
+        return
+    args.repeats = args.repeats or 11
     if args.malloc == "tuned" and os.environ.get("MALLOC_MMAP_MAX_") != "0":
         env = {**os.environ, "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
         os.execve(sys.executable, [sys.executable, *sys.argv], env)  # glibc reads these at start-up
@@ -116,6 +153,198 @@ def main() -> None:
     print(header)
     for r in rows:
         print(r)
+
+
+# ---------------------------------------------------------------------------- --mode path
+
+PATH_SETTINGS = {
+    "resnet20": ("resnet20", 32, 10),
+    "resnet56": ("resnet56", 32, 10),
+    "resnet50": ("tv:resnet50", 224, 1000),
+    "resnet152": ("tv:resnet152", 224, 1000),
+    "densenet121": ("tv:densenet121", 224, 1000),
+}
+
+# prunecli's functions the breakdown times; each phase's time excludes the phases it calls
+PHASES = (
+    ("load", "prunecli.checkpoint", "load_checkpoint"),
+    ("rebuild", "prunecli.models.build", "rebuild"),
+    ("trace", "prunecli.models.structure", "trace"),
+    ("groups", "prunecli.surgery.units", "units"),
+    ("scores", "prunecli.surgery.pruner", "Pruner._channel_scores"),
+    ("entry tracking", "prunecli.surgery.tracking", "prune_tracking_entries"),
+    ("removal (TP)", "prunecli.surgery.removal", "apply_plan"),
+    ("runs check", "prunecli.surgery.removal", "check_runs"),
+    ("probe", "prunecli.surgery.equivalence", "outputs"),
+    ("probe + count", "prunecli.metrics.complexity", "run_counted"),
+    ("complexity", "prunecli.metrics.complexity", "count_complexity"),
+    ("copy + put back", "prunecli.surgery.tracking", "removed_copy"),
+    ("zero channels", "prunecli.surgery.pruner", "Pruner.plan_zeroed"),
+    ("deepcopy", "copy", "deepcopy"),
+    ("lineage hash", "prunecli.checkpoint", "sha256_file"),
+    ("save", "prunecli.checkpoint", "save_checkpoint"),
+)
+
+
+class PhaseTimer:
+    """Exclusive wall time per phase: the functions in PHASES wrapped while the block runs."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+        self.stack: list[list] = []
+        self.patched: list[tuple[object, str, object]] = []
+
+    def wrap(self, phase: str, fn):
+        timer = self
+
+        def timed(*args, **kwargs):
+            frame = [time.perf_counter(), 0.0]
+            timer.stack.append(frame)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                timer.stack.pop()
+                elapsed = time.perf_counter() - frame[0]
+                timer.times[phase] = timer.times.get(phase, 0.0) + elapsed - frame[1]
+                if timer.stack:
+                    timer.stack[-1][1] += elapsed
+
+        return timed
+
+    def __enter__(self):
+        import importlib
+
+        for phase, module, attr in PHASES:
+            mod = importlib.import_module(module)
+            if "." in attr:  # a method: patch the class
+                cls_name, meth = attr.split(".")
+                owner = getattr(mod, cls_name)
+                fn = owner.__dict__[meth]
+                self.patched.append((owner, meth, fn))
+                setattr(owner, meth, self.wrap(phase, fn))
+                continue
+            fn = getattr(mod, attr)
+            wrapped = self.wrap(phase, fn)
+            # `from module import fn` binds the name elsewhere too: patch every binding
+            for m in [mod, *[m for n, m in list(sys.modules.items()) if n.startswith("prunecli") and m is not None]]:
+                if getattr(m, attr, None) is fn:
+                    self.patched.append((m, attr, fn))
+                    setattr(m, attr, wrapped)
+        return self
+
+    def __exit__(self, *exc):
+        for owner, attr, fn in reversed(self.patched):
+            setattr(owner, attr, fn)
+        self.patched.clear()
+
+
+
+
+def tp_prune(model: torch.nn.Module, size: int, rate: float, ignored: list) -> torch.nn.Module:
+    """Bare Torch-Pruning: L1 magnitude, layer-wise, one step (what a script using it writes)."""
+    import torch_pruning as tp
+
+    from prunecli.models.structure import _torch_pruning_pruners
+
+    pruner = tp.pruner.MagnitudePruner(
+        model,
+        torch.zeros(1, 3, size, size),
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=rate,
+        global_pruning=False,
+        ignored_layers=ignored,
+        # the CIFAR ResNets' option-A shortcut is a prunecli layer: Torch-Pruning needs its pruning function
+        customized_pruners=_torch_pruning_pruners(),
+    )
+    pruner.step()
+    return model
+
+
+def shapes(model: torch.nn.Module) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def path_main(args) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import prunecli.api as pc
+    from prunecli.surgery.units import output_layer
+
+    print(
+        f"bench_compress --mode path: l1 {args.rate} layer-wise, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"{args.repeats} interleaved repeats, medians (s)"
+    )
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for key in args.models:
+            name, size, classes = PATH_SETTINGS[key]
+            torch.manual_seed(0)
+            net0 = pc.build(name, num_classes=classes, image_size=size)
+            src = pc.save(net0, Path(tmp) / f"{key}.pt")
+            base = net0.module
+            # the layer that runs last: prunecli leaves it whole, Torch-Pruning is told to ignore it
+            last = output_layer(base, torch.zeros(1, 3, size, size))
+            masked_path, out_path, one_path = (Path(tmp) / f"{key}.{s}.pt" for s in ("m", "c", "pc"))
+
+            def run_tp():
+                model = copy.deepcopy(base)
+                t0 = time.perf_counter()
+                tp_prune(model, size, args.rate, [model.get_submodule(last)])
+                return time.perf_counter() - t0, model
+
+            def run_api():
+                net = pc.Network(copy.deepcopy(base), net0.checkpoint)
+                t0 = time.perf_counter()
+                pc.prune(net, "l1", rate=args.rate)
+                pc.compress(net)
+                return time.perf_counter() - t0, net.module
+
+            def run_stages():
+                t0 = time.perf_counter()
+                prune_checkpoint(src, PruneConfig(method="l1", rate=args.rate, device="cpu", overwrite=True), output=masked_path)
+                compress_checkpoint(masked_path, CompressConfig(latency=False, overwrite=True), output=out_path)
+                return time.perf_counter() - t0, None
+
+            def run_one():
+                t0 = time.perf_counter()
+                prune_checkpoint(src, PruneConfig(method="l1", rate=args.rate, device="cpu", compress=True, overwrite=True), output=one_path)
+                return time.perf_counter() - t0, None
+
+            paths = {"tp": run_tp, "api": run_api, "stages": run_stages, "prune --compress": run_one}
+            times: dict[str, list[float]] = {k: [] for k in paths}
+            order = list(paths)
+            for k in order:  # in process means warm: the first call pays imports and first-touch allocations
+                paths[k]()
+            for r in range(args.repeats):
+                for k in order[r % len(order):] + order[: r % len(order)]:  # each repeat starts at the next path
+                    seconds, model = paths[k]()
+                    times[k].append(seconds)
+                    if r == 0 and k == "tp":
+                        want = shapes(model)
+                    elif r == 0 and k == "api":
+                        assert shapes(model) == want, f"{key}: prunecli's API and Torch-Pruning disagree on shapes"
+            for p in (out_path, one_path):
+                got = shapes(rebuild_model(load_checkpoint(p)))
+                assert got == want, f"{key}: {p.name} and Torch-Pruning disagree on shapes"
+            med = {k: statistics.median(v) for k, v in times.items()}
+            line = f"{key:<12}" + "".join(f" {k} {med[k]:.3f}" + (f" ({med[k] / med['tp']:.1f}x)" if k != "tp" else "") for k in paths)
+            print(line, flush=True)
+            breakdown = {}
+            for k in ("api", "stages"):
+                with PhaseTimer() as pt:
+                    total = paths[k]()[0]
+                pt.times["other"] = total - sum(pt.times.values())
+                breakdown[k] = (total, pt.times)
+                parts = ", ".join(f"{p} {s:.3f}" for p, s in sorted(pt.times.items(), key=lambda kv: -kv[1]) if s >= 0.0005)
+                print(f"    {k} phases (one run, {total:.3f} s): {parts}", flush=True)
+            results.append((key, med, breakdown))
+    print()
+    print(f"{'model':<12} {'tp s':>7} {'api s':>7} {'x tp':>5} {'stages s':>9} {'x tp':>5} {'prune --compress s':>19} {'x tp':>5}")
+    for key, med, _ in results:
+        print(
+            f"{key:<12} {med['tp']:>7.3f} {med['api']:>7.3f} {med['api'] / med['tp']:>5.1f} {med['stages']:>9.3f} "
+            f"{med['stages'] / med['tp']:>5.1f} {med['prune --compress']:>19.3f} {med['prune --compress'] / med['tp']:>5.1f}"
+        )
 
 
 if __name__ == "__main__":

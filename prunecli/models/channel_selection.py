@@ -57,7 +57,7 @@ class ChannelSelection(SourceRouting):
         super().__init__()
         if channels < 1:
             raise ValueError(f"a channel selection needs at least one channel, got {channels}")
-        self._init_routing(channels, torch.arange(channels))
+        self._init_routing(channels, list(range(channels)))
 
     def _fast_path(self) -> None:
         src = self.source

@@ -54,7 +54,7 @@ class ShortcutA(SourceRouting):
         if out_channels < in_channels:
             raise ValueError(f"option-A shortcut cannot reduce channels ({in_channels} -> {out_channels})")
         self.stride = stride
-        self._init_routing(in_channels, torch.cat([torch.arange(in_channels), torch.full((out_channels - in_channels,), -1)]))
+        self._init_routing(in_channels, list(range(in_channels)) + [-1] * (out_channels - in_channels))
 
     def _fast_path(self) -> None:
         src = self.source

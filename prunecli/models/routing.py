@@ -22,10 +22,13 @@ class SourceRouting(nn.Module):
 
     maskable_buffers = ("gate",)
 
-    def _init_routing(self, in_channels: int, source: torch.Tensor) -> None:
+    def _init_routing(self, in_channels: int, source: list[int]) -> None:
         self.in_channels = in_channels
-        self.out_channels = int(source.numel())
-        self.register_buffer("source", source.to(torch.int64))
+        self.out_channels = len(source)
+        # index data, made on the CPU whatever the default device: under torch.device("meta")
+        # (prunecli.models.build's shape check) torch.cat/where on it would have no values to
+        # compute with, and PyTorch's meta versions of them import torch._dynamo (1.7 s)
+        self.register_buffer("source", torch.tensor(source, dtype=torch.int64, device="cpu"))
         self.register_buffer("gate", torch.ones(self.out_channels))
         self.register_buffer("_gather", torch.empty(0, dtype=torch.int64), persistent=False)
         self.refresh()

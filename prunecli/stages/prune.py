@@ -25,15 +25,16 @@ from prunecli.data import TensorSplit
 from prunecli.data.loaders import FolderBatches, TensorBatches
 from prunecli.engine.distributed import resolve_device
 from prunecli.errors import OptionError, PruneCliError
-from prunecli.metrics.complexity import Complexity, count_complexity
+from prunecli.metrics.complexity import count_complexity, run_counted
 from prunecli.models import example_input
 from prunecli.models.channel_selection import CONVERTER as SELECTION, insert_channel_selection, renamed, stream_norms
 from prunecli.outputs import claim_output
 from prunecli.stages.checkpoints import data_for_checkpoint, derive_compressed, load_model
-from prunecli.surgery.equivalence import difference, outputs, probe_batch
+from prunecli.surgery.equivalence import counted_outputs, difference, probe_batch
 from prunecli.surgery.masks import combine, newly_masked
 from prunecli.surgery.plan import LayerRow, Plan
 from prunecli.surgery.pruner import Pruner
+from prunecli.surgery.removal import must_run
 
 
 @dataclass
@@ -222,7 +223,8 @@ def _prune(source: Path, cfg: PruneConfig, output: Path, criterion: Criterion, a
     shape = tuple(example.shape[1:])
     calibration = calibration_batches(ckpt, cfg, device) if criterion.needs_data else None
     pruner = pruner_for(cfg, criterion, model, spec, device, calibration)
-    before = count_complexity(model, shape)
+    # --compress counts the network during its masked == compressed probe instead
+    before = None if cfg.compress else count_complexity(model, shape)
     layers: list = []
     used = None
     latency = None
@@ -254,10 +256,13 @@ def _prune(source: Path, cfg: PruneConfig, output: Path, criterion: Criterion, a
         extra["prune"]["reconstruction"] = [vars(r) for r in layers]
         notes.append(reconstruction_summary(layers))
     if cfg.compress:
-        out, after, diff, newly = _compressed(ckpt, pruner, plan, options, extra, before, notes)
+        out, before, after, diff, newly = _compressed(ckpt, pruner, plan, options, extra, notes)
     else:
-        masked = pruner.mask(plan)
-        after = count_complexity(masked.compressed, shape) if masked.compressed is not None else before
+        masked = pruner.mask(plan, check=False)  # counting the compressed copy runs it
+        after = before
+        if masked.compressed is not None:
+            with must_run(spec.name):
+                after = run_counted(masked.compressed, example)[1]
         combined = combine(ckpt.masks, masked.masks)
         newly, diff = newly_masked(ckpt.masks, combined), None
         metrics = {"macs_before": before.macs, "macs_after_compress": after.macs, "params_after_compress": after.params}
@@ -532,27 +537,35 @@ def check_something_selected(plan: Plan, cfg: PruneConfig) -> None:
     raise OptionError("nothing selected: the rates remove less than one channel (or weight) in every layer; raise {rate}")
 
 
-def _compressed(ckpt: Checkpoint, pruner: Pruner, plan: Plan, options, extra, before: Complexity, notes: list[str]):
-    """--compress: the plan removed now; checked against the masked model where masks are exact."""
+def _compressed(ckpt: Checkpoint, pruner: Pruner, plan: Plan, options, extra, notes: list[str]):
+    """--compress: the plan removed now; checked against the masked model where masks are exact.
+
+    Returns (checkpoint, complexity before, after, max |diff| or None, entries newly masked);
+    where there is a probe, both complexities are counted during its forward passes.
+    """
     shape = tuple(pruner.example.shape[1:])
     diff: Optional[float] = None
     newly = 0
     if any(p.unit.stat_norms for p in plan.pruned):
         # LayerNorm/GroupNorm statistics change when a channel is zeroed: no masked model to compare with
+        before = count_complexity(pruner.model, shape)
         removal = pruner.remove(plan)
         small, history, kept = pruner.model, removal.history, removal.kept
+        after = count_complexity(small, shape)
         notes.append("not checked against a masked model: LayerNorm/GroupNorm statistics change when channels go; finetune and evaluate")
     else:
-        masked = pruner.mask(plan)
+        masked = pruner.mask(plan, check=False)  # the probe runs the compressed copy
         small, history, kept = masked.compressed, masked.history, masked.kept
         newly = newly_masked(ckpt.masks, combine(ckpt.masks, masked.masks))
         probe = probe_batch(ckpt.model, device=pruner.device)
-        diff, same = difference(outputs(pruner.model, probe), outputs(small, probe))
+        expected, before = counted_outputs(pruner.model, probe)
+        with must_run(ckpt.model.name):
+            got, after = counted_outputs(small, probe)
+        diff, same = difference(expected, got)
         if not same:
             raise PruneCliError(f"the compressed model differs from the masked one (max |diff| {diff:.3g}); nothing written")
-    after = count_complexity(small, shape)
     metrics = {"macs": after.macs, "params": after.params, "macs_before_compress": before.macs}
     if diff is not None:
         metrics["max_abs_diff"] = diff
-    return derive_compressed(ckpt, "prune", options, small, history, kept, metrics=metrics, extra=extra), after, diff, newly
+    return derive_compressed(ckpt, "prune", options, small, history, kept, metrics=metrics, extra=extra), before, after, diff, newly
 

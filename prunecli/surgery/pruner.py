@@ -44,7 +44,7 @@ from prunecli.surgery.plan import (
     select_weights_layerwise,
 )
 from prunecli.surgery.removal import apply_plan, check_runs, dead_channels
-from prunecli.surgery.tracking import masks_from_kept, prune_tracking_entries
+from prunecli.surgery.tracking import masks_from_kept, prune_tracking_entries, removed_copy
 from prunecli.surgery.units import Graph, Unit, build_graph, layer_weights, output_layer, units
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -329,14 +329,14 @@ class Pruner:
     # -- acting on a plan
 
     def _removed_copy(self, plan: Plan) -> nn.Module:
-        work = copy.deepcopy(self.model)
-        apply_plan(build_graph(work, self.example, name=self.name), plan)
-        return work
+        return self._removed(plan)[0]
 
-    def mask(self, plan: Plan, *, apply: bool = True) -> Masked:
+    def mask(self, plan: Plan, *, apply: bool = True, check: bool = True) -> Masked:
         """Zero what ``plan`` removes, in place: whole dependency groups for channel plans.
 
-        ``apply=False`` only computes the masks (the model is left as it is).
+        ``apply=False`` only computes the masks (the model is left as it is). ``check=False``
+        skips running the compressed copy, for a caller that runs it next anyway (inside
+        prunecli.surgery.removal.must_run).
         """
         if plan.granularity == "weight":
             return self._mask_weights(plan, apply)
@@ -348,15 +348,36 @@ class Pruner:
                 "(LayerNorm/GroupNorm statistics change when a channel is zeroed); remove them directly instead "
                 "(Pruner.remove; on the command line, prune --compress)"
             )
-        work = copy.deepcopy(self.model)
-        graph = build_graph(work, self.example, name=self.name)
-        shapes = {n: t.shape for n, t in maskable_tensors(work).items()}
-        kept = prune_tracking_entries(work, lambda m: apply_plan(graph, plan))
-        check_runs(work, self.example, self.name)
+        shapes = {n: t.shape for n, t in maskable_tensors(self.model).items()}
+        work, history, kept = self._removed(plan)
+        if check:
+            check_runs(work, self.example, self.name)
         masks = {n: m for n, m in masks_from_kept(shapes, kept, shapes).items() if not bool(m.all())}
         if apply:
             apply_masks(self.model, masks)
-        return Masked(masks=masks, compressed=work, history=[list(h) for h in graph.dg.pruning_history()], kept=kept)
+        return Masked(masks=masks, compressed=work, history=history, kept=kept)
+
+    def _removed(self, plan: Plan) -> tuple[nn.Module, list, dict[str, torch.Tensor]]:
+        """A copy of the model with ``plan`` removed: (copy, Torch-Pruning's history of it, kept indices).
+
+        Removed from the model itself through its own trace and put back
+        (prunecli.surgery.tracking.removed_copy); a graph holding unwrapped parameters
+        (ViT's tokens), whose nodes Torch-Pruning replaces while pruning, is removed from a
+        deep copy traced anew instead.
+        """
+        graph = self.graph
+        if _restorable(graph):
+            history = graph.dg.pruning_history()
+            done = len(history)
+            nodes = [n.module for n in graph.dg.module2node.values() if isinstance(n.module, nn.Module)]
+            work, kept = removed_copy(self.model, lambda m: apply_plan(graph, plan), also=nodes)
+            added = [list(h) for h in history[done:]]
+            del history[done:]  # the model is whole again: so is its graph's record
+            return work, added, kept
+        work = copy.deepcopy(self.model)
+        graph = build_graph(work, self.example, name=self.name)
+        kept = prune_tracking_entries(work, lambda m: apply_plan(graph, plan))
+        return work, [list(h) for h in graph.dg.pruning_history()], kept
 
     @torch.no_grad()
     def _mask_weights(self, plan: Plan, apply: bool = True) -> Masked:
@@ -370,13 +391,29 @@ class Pruner:
             apply_masks(self.model, masks)
         return Masked(masks=masks, compressed=None, history=[], kept={})
 
-    def remove(self, plan: Plan) -> Removal:
-        """Remove ``plan`` physically from the model; its units and scores are traced anew afterwards."""
+    def remove(self, plan: Plan, *, check: bool = True) -> Removal:
+        """Remove ``plan`` physically from the model; its units and scores are traced anew afterwards.
+
+        ``check=False`` skips the forward pass that checks the smaller model still runs, for
+        a caller that runs it next anyway (inside prunecli.surgery.removal.must_run).
+        """
         if plan.granularity != "channel":
             raise PruneCliError("weight-level plans keep every shape: mask them instead of removing")
         graph = self.graph
         done = len(graph.dg.pruning_history())
         kept = prune_tracking_entries(self.model, lambda m: apply_plan(graph, plan))
-        check_runs(self.model, self.example, self.name)
+        if check:
+            check_runs(self.model, self.example, self.name)
         self._units, self._scores, self._output_layer = None, None, None
         return Removal(history=[list(h) for h in graph.dg.pruning_history()[done:]], kept=kept)
+
+
+def _restorable(graph: Graph) -> bool:
+    """Can a removal through ``graph`` be undone by restoring module state (`removed_copy`)?
+
+    Not when the graph holds unwrapped parameters: Torch-Pruning then swaps its own nodes
+    for the pruned parameters.
+    """
+    from torch_pruning import ops
+
+    return not any(getattr(node, "type", None) == ops.OPTYPE.PARAMETER for node in graph.dg.module2node.values())

@@ -7,6 +7,9 @@ traced model; `dead_channels` finds the channels whose output is identically zer
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.nn as nn
 
@@ -44,16 +47,29 @@ def check_runs(model: nn.Module, example: torch.Tensor, name: str) -> None:
     """A pruned model must still run; some architectures hard-code sizes Torch-Pruning cannot adapt."""
     was = model.training
     try:
-        with torch.no_grad():
+        with torch.no_grad(), must_run(name):
             model.eval()
             model(example)
+    finally:
+        model.train(was)
+
+
+@contextlib.contextmanager
+def must_run(name: str) -> Iterator[None]:
+    """A pruned model's forward pass inside: its failure is `check_runs`'s one-line error.
+
+    For callers that run the pruned model anyway (the masked == compressed probe) and so
+    skip `check_runs`'s own pass.
+    """
+    try:
+        yield
+    except PruneCliError:
+        raise
     except Exception as e:
         raise PruneCliError(
             f"the pruned {name} no longer runs ({type(e).__name__}: {first_line(e)}); Torch-Pruning does not adapt "
             "this architecture's hard-coded sizes; nothing written"
         ) from e
-    finally:
-        model.train(was)
 
 
 def _alive_rows(module: nn.Module, local: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -55,3 +55,75 @@ def masks_from_kept(shapes: dict[str, torch.Size], kept: dict[str, torch.Tensor]
         mask[kept[name].flatten().cpu()] = True
         masks[name] = mask.view(shapes[name])
     return masks
+
+
+def _containers_copied(module: torch.nn.Module) -> dict:
+    """``module.__dict__`` with its dicts, sets and lists copied (one level: what Module.__setattr__ mutates)."""
+    return {k: (v.copy() if isinstance(v, (dict, set, list)) else v) for k, v in module.__dict__.items()}
+
+
+def _adopt(module: torch.nn.Module, memo: dict[int, torch.nn.Module]) -> torch.nn.Module:
+    """A new module object holding ``module``'s current state (same tensors), children adopted too."""
+    if id(module) in memo:
+        return memo[id(module)]
+    new = module.__class__.__new__(module.__class__)
+    memo[id(module)] = new
+    state = _containers_copied(module)
+    for k, v in state.items():
+        if isinstance(v, torch.nn.Module):  # a plain attribute naming another module of the tree
+            state[k] = _adopt(v, memo)
+    state["_modules"] = {k: (_adopt(c, memo) if c is not None else None) for k, c in module._modules.items()}
+    new.__dict__.update(state)
+    return new
+
+
+@torch.no_grad()
+def removed_copy(
+    model: torch.nn.Module, apply: Callable[[torch.nn.Module], None], *, also: Iterable[torch.nn.Module] = ()
+) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """``apply(model)`` (a physical pruning of ``model`` in place, e.g. through a dependency
+    graph traced on it), its result moved to new module objects, and ``model`` put back.
+
+    Returns (the pruned copy, name -> kept flat indices as `prune_tracking_entries` gives).
+    What a ``copy.deepcopy`` and a second trace of the copy would give, without either:
+    the deep copy of a ResNet-56 costs 35-60 ms in Python overhead and the trace of tv
+    ResNet-50 0.1-0.25 s, against a few milliseconds here. Pruning (Torch-Pruning's and the
+    routing layers') assigns new tensors and attributes to modules rather than changing
+    them in place, so a snapshot of every module's attribute dictionary (containers copied
+    one level) puts the model back: the same module, Parameter and buffer objects with
+    the same values, hooks still registered. The copy shares no tensor with ``model``
+    (ones the pruning left alone are cloned). ``also``: modules outside ``model`` that the
+    pruning changes too, put back as well (Torch-Pruning's concat and split nodes keep
+    their sizes in lists it shortens in place).
+    """
+    modules = list(model.modules())
+    own = {id(m) for m in modules}
+    saved = [(m, m.__dict__.copy(), _containers_copied(m)) for m in [*modules, *(m for m in also if id(m) not in own)]]
+    values = [(t, t.data) for m in modules for t in itertools.chain(m._parameters.values(), m._buffers.values()) if t is not None]
+    pruned: torch.nn.Module = model
+    try:
+        kept = prune_tracking_entries(model, apply)
+        pruned = _adopt(model, {})
+    finally:
+        for m, attrs, copies in saved:
+            m.__dict__.clear()
+            m.__dict__.update(attrs)
+            for k, v in copies.items():  # the original containers, refilled: hook handles keep pointing at them
+                if isinstance(v, list):
+                    attrs[k][:] = v
+                elif isinstance(v, (dict, set)):
+                    attrs[k].clear()
+                    attrs[k].update(v)
+        for t, data in values:
+            t.data = data  # tracking wrote flat indices into the originals
+    mine = {id(t) for t, _ in values}
+    clones: dict[int, torch.Tensor] = {}  # one clone per shared tensor: tied weights stay tied
+    for m in pruned.modules():
+        for store in (m._parameters, m._buffers):
+            for k, t in store.items():
+                if t is not None and id(t) in mine:
+                    if id(t) not in clones:
+                        c = t.detach().clone()
+                        clones[id(t)] = torch.nn.Parameter(c, requires_grad=t.requires_grad) if isinstance(t, torch.nn.Parameter) else c
+                    store[k] = clones[id(t)]
+    return pruned, kept
