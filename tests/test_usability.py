@@ -50,6 +50,24 @@ def test_a_long_step_draws_its_bar_on_a_terminal_and_nothing_elsewhere(monkeypat
             assert "ETA" in drawn and "2/2" in drawn
 
 
+def test_compress_shows_its_phases_on_a_terminal_only(monkeypatch, tmp_path):
+    """The trace, removal, check and timing of a large model take tens of seconds: compress draws a bar over them."""
+    import prunecli._progress as progress
+    import prunecli.api as pc
+    from prunecli.config import CompressConfig
+    from prunecli.stages.compress import compress_checkpoint
+
+    net = pc.build("resnet20", image_size=8)
+    pc.prune(net, "l1", rate=0.5)
+    masked = pc.save(net, tmp_path / "masked.pt")
+    for terminal in (True, False):
+        con = _console(terminal)
+        monkeypatch.setattr(progress, "console", lambda con=con: con)
+        compress_checkpoint(masked, CompressConfig(latency=False), output=tmp_path / f"c{terminal}.pt")
+        drawn = con.file.getvalue()
+        assert ("compress:" in drawn and "ETA" in drawn) is terminal, drawn
+
+
 def test_a_bar_inside_a_bar_is_not_drawn(monkeypatch):
     # rich draws one live display at a time: an inner bar (an evaluation inside a sweep) stays silent
     import prunecli._progress as progress

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
+from prunecli._progress import step_bar
 from prunecli.checkpoint import Checkpoint, save_checkpoint, with_result
 from prunecli.config import CompressConfig
 from prunecli.engine.distributed import resolve_device
@@ -92,10 +93,25 @@ class CompressReport:
 def compress_checkpoint(source: Path, cfg: Optional[CompressConfig] = None, *, output: Path) -> CompressReport:
     cfg = cfg or CompressConfig()
     with claim_output(Path(output), overwrite=cfg.overwrite):  # checked and locked before any work
-        return _compress(Path(source), cfg, Path(output))
+        # a bar over the phases (tens of seconds each on tv ResNet-152 or DenseNet): the trace, the removal,
+        # the masked == compressed check, folding, timing; none off a terminal
+        steps = 4 + bool(cfg.fold_bn) + bool(cfg.latency)
+        with step_bar("compress: loading and checking the masked model", steps, unit="steps") as bar:
+            return _compress(Path(source), cfg, Path(output), _Phases(bar))
 
 
-def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport:
+class _Phases:
+    """Advances the compress bar to the next phase, named (nothing off a terminal)."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def __call__(self, what: str) -> None:
+        if self.bar is not None:
+            self.bar.advance(1, description=f"compress: {what}")
+
+
+def _compress(source: Path, cfg: CompressConfig, output: Path, phase: _Phases) -> CompressReport:
     ckpt, model = load_model(source, allow_nonfinite=cfg.allow_nonfinite)
     spec = ckpt.model
     example = example_input(spec)
@@ -107,6 +123,7 @@ def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport
     # copy of tv ResNet-50 is 100 MB and 0.1 s, so none is made without it
     reference = copy.deepcopy(model) if cfg.latency else None
 
+    phase("tracing the dependency graph")
     ckpt, model, dropped, notes = drop_dead_blocks(ckpt, model)
     sss = ckpt.extra.get("sss")
     if isinstance(sss, dict) and sss.get("granularity") == "group" and sss.get("dead"):
@@ -128,7 +145,9 @@ def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport
             )
         hint = "" if ckpt.masks else f" (prune first, e.g. prunecli prune {source} --method l1 --rate 0.5)"
         notes.append(f"no channel is entirely zero: nothing removed{hint}")
+    phase(f"removing channels ({len(plan.units)} layer groups)")
     removal = pruner.remove(plan, check=False)  # the probe runs the compressed model next
+    phase("checking masked == compressed")
     with must_run(spec.name):
         got, after = counted_outputs(model, probe)
     diff, same = difference(expected, got)
@@ -155,6 +174,7 @@ def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport
     metrics.update(macs=after.macs, params=after.params, macs_before_compress=before.macs, max_abs_diff=diff)
     out = derive_compressed(ckpt, "compress", cfg.to_options(), model, removal.history, removal.kept, metrics=metrics, extra=extra)
     if cfg.fold_bn:
+        phase("folding BatchNorms")
         # after the removal: folding is recorded as a converter, and converters replay before the removal history
         out, model, folded = fold_checkpoint(out, model, where=str(source))
         if folded:
@@ -172,6 +192,7 @@ def _compress(source: Path, cfg: CompressConfig, output: Path) -> CompressReport
     lat_before = lat_after = None
     latency = None
     if cfg.latency:
+        phase(f"timing latency (within {cfg.latency_budget:g} s)")
         lb, la = measure_latencies(
             [reference, model],
             shape,
