@@ -500,10 +500,14 @@ def test_truncated_archive(cli, tmp_path, tiny_base):
 # ---------------------------------------------------------------------------- 11, 12: interrupts and terminals
 
 
-def test_ctrl_c_says_what_was_written(tmp_path, tiny_base):
-    """Interrupted while timing (a latency run far too long to finish): nothing was written."""
+def test_ctrl_c_says_what_was_written(tmp_path):
+    """Interrupted while checking or timing (tv ResNet-18 at 224, batch 128: seconds a pass, and compress
+    times at least 3 rounds, even of steady runs): nothing was written."""
+    import prunecli.api as pc
+
+    big = pc.save(pc.build("tv:resnet18", image_size=224), tmp_path / "big.pt")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prunecli", "compress", str(tiny_base), "--force", "--repeats", "100000000", "-o", str(tmp_path / "c.pt")],
+        [sys.executable, "-m", "prunecli", "compress", str(big), "--force", "--batch-size", "128", "--latency-budget", "3600", "-o", str(tmp_path / "c.pt")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -514,7 +518,7 @@ def test_ctrl_c_says_what_was_written(tmp_path, tiny_base):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "prunecli: error: interrupted; nothing written"
-    assert listing(tmp_path) == []
+    assert listing(tmp_path) == ["big.pt"]
 
 
 def test_escape_codes_from_a_checkpoint_never_reach_the_terminal(cli, tmp_path, tiny_base):

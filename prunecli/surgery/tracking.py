@@ -31,6 +31,13 @@ def prune_tracking_entries(model: torch.nn.Module, apply: Callable[[torch.nn.Mod
     from flat entry ``kept[name][i]`` of the original. Values are restored afterwards.
     """
     originals: dict[str, torch.Tensor] = {}
+    # gradients leave for the duration: Torch-Pruning slices a parameter's .grad along with it, and
+    # torch refuses a float32 gradient on the float64 index tensor (block-by-block training leaves grads)
+    grads: dict[str, tuple[torch.nn.Parameter, torch.Tensor]] = {}
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            grads[name] = (p, p.grad)
+            p.grad = None
     for name, t in _float_tensors(model):
         originals[name] = t.detach().clone()
         t.data = torch.arange(t.numel(), dtype=torch.float64, device=t.device).view(t.shape)
@@ -44,6 +51,14 @@ def prune_tracking_entries(model: torch.nn.Module, apply: Callable[[torch.nn.Mod
             ids = t.detach().round().long()
             kept[name] = ids
             t.data = originals[name].flatten()[ids.flatten()].view(ids.shape).to(originals[name].dtype)
+        # a parameter still in place gets its gradient back, sliced as Torch-Pruning would have; one that a new
+        # Parameter replaced is gone from the model (removed_copy puts it back, values and gradient), and the
+        # new one starts without a gradient: it was made as float64 and torch would refuse a float32 one
+        current = dict(model.named_parameters())
+        for name, (p, g) in grads.items():
+            if current.get(name) is p:
+                ids = kept.get(name)
+                p.grad = g if ids is None else g.flatten()[ids.flatten()].view(ids.shape)
     return kept
 
 
@@ -100,6 +115,7 @@ def removed_copy(
     own = {id(m) for m in modules}
     saved = [(m, m.__dict__.copy(), _containers_copied(m)) for m in [*modules, *(m for m in also if id(m) not in own)]]
     values = [(t, t.data) for m in modules for t in itertools.chain(m._parameters.values(), m._buffers.values()) if t is not None]
+    grads = [(t, t.grad) for m in modules for t in m._parameters.values() if t is not None and t.grad is not None]
     pruned: torch.nn.Module = model
     try:
         kept = prune_tracking_entries(model, apply)
@@ -116,6 +132,8 @@ def removed_copy(
                     attrs[k].update(v)
         for t, data in values:
             t.data = data  # tracking wrote flat indices into the originals
+        for t, g in grads:
+            t.grad = g  # and may have sliced their gradients
     mine = {id(t) for t, _ in values}
     clones: dict[int, torch.Tensor] = {}  # one clone per shared tensor: tied weights stay tied
     for m in pruned.modules():
