@@ -189,6 +189,16 @@ def test_rest_is_timed_without_the_layers():
     assert any(isinstance(m, nn.Conv2d) for m in model.modules())  # the model itself is left alone
 
 
+def test_calibration_passes_through_its_points_and_is_bounded():
+    table = hand_table(lambda o: 0.3 * o, lambda i, o: 0.0, lambda i: 0.1 * i)
+    raw_d, raw_h = table.raw({}), table.raw({"A": 4, "B": 4})
+    lt.calibrate(table, [({}, 2 * raw_d - 1.0), ({"A": 4, "B": 4}, 2 * raw_h - 1.0)])
+    assert table.scale == pytest.approx(2.0) and table.offset_ms == pytest.approx(-1.0)
+    assert table.predict({"A": 2, "B": 2}) == pytest.approx(2 * table.raw({"A": 2, "B": 2}) - 1.0)
+    lt.calibrate(table, [({}, 100 * raw_d), ({"A": 4, "B": 4}, raw_h)])  # a wild fit: only a bounded scale
+    assert table.scale == 2.0 and table.offset_ms == 0.0
+
+
 def test_table_version_is_in_the_key():
     assert _key()["version"] == lt.VERSION == 2
     assert _key()["block"] == lt.simd_block("cpu")
