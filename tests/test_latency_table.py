@@ -63,6 +63,8 @@ def fake_timer(runnables, **kwargs):
 @pytest.fixture
 def fake_timing(monkeypatch, tmp_path):
     monkeypatch.setattr(lt, "time_runnables", fake_timer)
+    # the fake cost is linear in the widths, without SIMD blocks: no staircase to read
+    monkeypatch.setattr(lt, "simd_block", lambda device: 1)
     monkeypatch.setenv("PRUNECLI_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache"
 
@@ -149,6 +151,57 @@ def test_round_mode_down_matches_torch_pruning():
         for keep in range(8, channels + 1):
             n_pruned = BasePruner._round_to(None, channels - keep, channels, 8)
             assert channels - round_kept(keep, channels, 8, "down") == n_pruned, (channels, keep)
+
+
+def test_block_grid_has_the_first_width_of_every_block():
+    assert lt.grid_widths(64, 8, 1, 16) == [1, 16, 17, 32, 33, 48, 49, 64]
+    assert lt.grid_widths(256, 8, 1, 16)[:5] == [1, 32, 33, 64, 65]  # 16 blocks > 8 points: quantum 32
+    assert lt.grid_widths(64, 8, 4, 16) == [8, 16, 24, 32, 40, 48, 56, 64]  # grouped: multiples of the groups, no block
+    assert len(lt.grid_widths(2048, 8, 1, 16)) <= 16
+
+
+def test_staircase_is_read_at_its_block_not_blended():
+    # a hand-made staircase, blocks of 16 channels: 1..16 cost 1, 17..32 cost 2, ... (what oneDNN's padding does)
+    def cost(w):
+        return float((w + 15) // 16)
+
+    g = lt.grid_widths(64, 8, 1, 16)
+    c = lt.Config("conv", {"groups": 1}, 64, 64, g, g, [[cost(i) * cost(o) for o in g] for i in g], block=16)
+    for cin in (1, 5, 16, 17, 30, 33, 45, 49, 51, 63, 64):
+        for cout in (3, 16, 20, 40, 51, 64):
+            assert c.at(cin, cout) == pytest.approx(cost(cin) * cost(cout)), (cin, cout)
+    # the old blend (block 1) reads 51 between 49 and 64 as more than its block's first width, and 40 below 33's
+    old = lt.Config("conv", {"groups": 1}, 64, 64, [16, 32, 48, 64], [16, 32, 48, 64], [[cost(i) * cost(o) for o in [16, 32, 48, 64]] for i in [16, 32, 48, 64]])
+    assert old.at(64, 40) < cost(40) * 4
+    # a grid coarser than the block: blended between the first widths of the measured blocks, exact on them
+    g = lt.grid_widths(256, 8, 1, 16)
+    wide = lt.Config("linear", {}, 256, 256, [256], g, [[cost(o) for o in g]], block=16)
+    assert wide.at(256, 33) == cost(33) and wide.at(256, 40) == cost(33)  # 40 is in 33's block
+    assert cost(33) < wide.at(256, 50) < cost(65)
+
+
+def test_rest_is_timed_without_the_layers():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+    x = torch.randn(2, 3, 8, 8)
+    stand = lt.without_layers(model, x)
+    out = stand(x)
+    assert out.shape == (2, 4) and not any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in stand.modules())
+    assert any(isinstance(m, nn.Conv2d) for m in model.modules())  # the model itself is left alone
+
+
+def test_calibration_passes_through_its_points_and_is_bounded():
+    table = hand_table(lambda o: 0.3 * o, lambda i, o: 0.0, lambda i: 0.1 * i)
+    raw_d, raw_h = table.raw({}), table.raw({"A": 4, "B": 4})
+    lt.calibrate(table, [({}, 2 * raw_d - 1.0), ({"A": 4, "B": 4}, 2 * raw_h - 1.0)])
+    assert table.scale == pytest.approx(2.0) and table.offset_ms == pytest.approx(-1.0)
+    assert table.predict({"A": 2, "B": 2}) == pytest.approx(2 * table.raw({"A": 2, "B": 2}) - 1.0)
+    lt.calibrate(table, [({}, 100 * raw_d), ({"A": 4, "B": 4}, raw_h)])  # a wild fit: only a bounded scale
+    assert table.scale == 2.0 and table.offset_ms == 0.0
+
+
+def test_table_version_is_in_the_key():
+    assert _key()["version"] == lt.VERSION == 2
+    assert _key()["block"] == lt.simd_block("cpu")
 
 
 # -- keys and the cache

@@ -50,7 +50,8 @@ def _print_report(r) -> None:
     con.print(
         markup_safe(
             f"latency table of {k['model']} ({how}): {k['runtime']}, batch {k['batch_size']}, {k['threads']} thread{'s' if k['threads'] != 1 else ''}, "
-            f"{k['device']}; dense {t.dense_ms:.2f} ms, of which layers {t.dense_ms - t.rest_ms:.2f} ms, rest {t.rest_ms:.2f} ms"
+            f"{k['device']}; dense {t.dense_ms:.2f} ms measured, layers alone {t.raw({}) - t.rest_ms:.2f} ms + rest {t.rest_ms:.2f} ms "
+            f"(of it fixed {t.rest_fixed_ms:.2f} ms), calibrated x{t.scale:.3f} {t.offset_ms:+.2f} ms on the dense and an l1-0.5 copy"
         )
     )
     if r.checks:

@@ -124,7 +124,7 @@ def allocate(table: LatencyTable, offers: list[Offer], target_ms: float, *, look
                 if other in by_root and other != r:
                     neighbours[r].add(other)
     dense_act = sum(layer.out_max * layer.out_elems for layer in table.layers) or 1
-    rest_per_channel = {r: table.rest_ms * sum(layer.out_elems for layer in table.layers if layer.out_unit == r) / dense_act for r in by_root}
+    rest_per_channel = {r: (table.rest_ms - table.rest_fixed_ms) * sum(layer.out_elems for layer in table.layers if layer.out_unit == r) / dense_act for r in by_root}
 
     def local(r: str, w: int) -> float:
         trial = {**widths, r: w}
