@@ -347,3 +347,25 @@ def test_target_latency_warns_about_a_nearly_emptied_layer():
     (line,) = surprises(plan, cfg, 1000, 500)
     assert "1 layer(s) keep less than 10%" in line and "conv1 64->4" in line and "--max-layer-rate" in line
     assert surprises(plan, NS(**{**vars(cfg), "target_latency": None}), 1000, 500) == []  # a rate nobody asked: no warning
+
+
+def test_round_to_auto_with_target_macs_still_meets_the_target(cli, bn_base, fake_timing, tmp_path):
+    """Snapping inside the MACs search: snapped after it, widths moved up and the target was missed."""
+    from prunecli.checkpoint import load_checkpoint
+
+    r = cli("prune", bn_base, "--target-macs", "0.5", "--round-to", "auto", "--threads", "1", "--method", "l1", "-o", tmp_path / "m.pt")
+    assert r.code == 0, r.stderr
+    result = load_checkpoint(tmp_path / "m.pt").lineage[-1]["result"]
+    removed = 1 - result["macs_after"] / result["macs_before"]
+    assert 0.5 <= removed <= 0.75, removed
+
+
+def test_a_coarse_grid_without_steps_snaps_nothing():
+    grid = [1, 16]
+    c = lt.Config("conv", {"n": 1, "groups": 1}, 3, 16, [3], grid, [[0.1 * o for o in grid]])
+    table = lt.LatencyTable(
+        key={"model": "hand"}, layers=[lt.Layer("l1", "c1", None, "A", 3, 16)], configs={"c1": c}, units={"A": 16},
+        unit_grids={"A": grid}, dense_ms=0.0, rest_ms=0.0,
+    )
+    assert table.step_widths("A") == []
+    assert snap_width(9, table.step_widths("A")) == 9  # not 16, not 1

@@ -322,7 +322,8 @@ class LatencyTable:
         the curve's average cost per channel, w is a step: the widest width that still costs
         the lower level (a kernel-friendly size, e.g. a multiple of 8 where the next width
         starts a new SIMD block). The unit's full width
-        is always a step. A curve without steps (linear in the width) gives every grid width.
+        is always a step. A curve without steps gives every grid width when the grid holds
+        every width, and nothing (keep the planned width) when it is coarse.
         """
         pts = self.curve(root)
         if len(pts) < 2:
@@ -335,7 +336,12 @@ class LatencyTable:
             if span > 0 and slope > threshold * span:
                 steps.append(ws[k - 1])  # the widest width below the jump: keeping it costs the lower step
         steps = sorted(set(steps))
-        return ws if len(steps) < 2 else steps
+        if len(steps) >= 2:
+            return steps
+        # no step seen: on a grid of every width any width is as good as the next; on a coarse grid
+        # (block starts and ends) snapping to grid points would move a 16-wide layer's 9 to 16 or 1
+        dense = all(b - a == 1 for a, b in zip(ws, ws[1:]))
+        return ws if dense else []
 
     def unit_layers(self, root: str) -> list[Layer]:
         return [layer for layer in self.layers if root in (layer.in_unit, layer.out_unit)]
