@@ -369,3 +369,27 @@ def test_a_coarse_grid_without_steps_snaps_nothing():
     )
     assert table.step_widths("A") == []
     assert snap_width(9, table.step_widths("A")) == 9  # not 16, not 1
+
+
+def test_target_latency_loosens_after_an_overshoot(cli, bn_base, fake_timing, tmp_path, monkeypatch):
+    """A pruned model measured faster than the table predicts: the next rounds remove less, not the first round's too much."""
+    from prunecli.checkpoint import load_checkpoint
+
+    calls = {"n": 0}
+
+    def optimistic(runnables, **kwargs):
+        out = fake_timer(runnables, **kwargs)
+        if len(runnables) == 2 and kwargs.get("repeats") == 15:  # the prune's dense-vs-pruned check
+            calls["n"] += 1
+            small = out[1]
+            out[1] = Latency(small.median_ms * 0.7, "contiguous", small.batch_size, 5, 0, 0, 0, 0, 1, "cpu", None)
+        return out
+
+    monkeypatch.setattr(lt, "time_runnables", optimistic)
+    r = cli("prune", bn_base, "--target-latency", "0.3", "--threads", "1", "--method", "l1", "-o", tmp_path / "p.pt")
+    assert r.code == 0, r.stderr
+    lat = load_checkpoint(tmp_path / "p.pt").extra["prune"]["latency"]
+    rounds = lat["rounds"]
+    assert len(rounds) > 1 and rounds[1]["target_predicted"] < rounds[0]["target_predicted"], rounds
+    assert rounds[0]["measured_saving"] > 0.3 + 0.05
+    assert 0.3 - 0.011 <= lat["measured_saving"] < rounds[0]["measured_saving"], lat

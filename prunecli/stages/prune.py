@@ -312,7 +312,10 @@ def latency_table_for(cfg: PruneConfig, model: torch.nn.Module, spec, device: to
 
 # measured saving within this of the requested fraction ends the feedback rounds (0.01: one point of latency)
 LATENCY_SLACK = 0.01
-LATENCY_ROUNDS = 3
+# a measured saving this far above the target removed channels for nothing: the next round loosens
+# (0.05 of the dense latency: about the run-to-run spread of a median on a shared CPU)
+LATENCY_OVERSHOOT = 0.05
+LATENCY_ROUNDS = 5
 
 
 def plan_for_latency(pruner: Pruner, table, cfg: PruneConfig, spec, device: torch.device) -> tuple[Plan, dict[str, Any]]:
@@ -320,9 +323,13 @@ def plan_for_latency(pruner: Pruner, table, cfg: PruneConfig, spec, device: torc
 
     Each round allocates widths until the table predicts (1 - F') of the dense latency,
     removes them from a copy, and times the copy interleaved with the dense model. A round
-    whose measured saving falls short of F by more than `LATENCY_SLACK` sets
-    F' += F - measured for the next one (at most `LATENCY_ROUNDS` rounds). The first
-    round that reaches F is kept, else the one that saved most.
+    whose measured saving falls short of F by more than `LATENCY_SLACK` tightens the next
+    (F' += F - measured); one that overshoots F by more than `LATENCY_OVERSHOOT` loosens
+    it (F' -= measured - F): both kept within the brackets earlier rounds set, so the
+    rounds close in like a bisection (at most `LATENCY_ROUNDS`). A round within both
+    margins ends the search. Kept: of the rounds that reached F, the one that removed
+    least; if none did, the one that saved most. Greedy allocations for a looser target
+    are prefixes of those for a tighter one, so F' moves the result monotonically.
     """
     from prunecli.metrics.latency_table import Runnable, time_runnables
     from prunecli.surgery.latency import allocate, latency_offers, plan_for_widths
@@ -334,6 +341,8 @@ def plan_for_latency(pruner: Pruner, table, cfg: PruneConfig, spec, device: torc
     dense_model = copy.deepcopy(pruner.model).eval()
     rounds: list[dict[str, Any]] = []
     best: Optional[tuple[Plan, dict]] = None
+    lo: Optional[float] = None  # predicted targets that measured short of F / over F + overshoot
+    hi: Optional[float] = None
     for _ in range(LATENCY_ROUNDS):
         offers, plans = latency_offers(pruner, table, round_auto=cfg.round_auto)
         if not offers:
@@ -359,12 +368,29 @@ def plan_for_latency(pruner: Pruner, table, cfg: PruneConfig, spec, device: torc
             "prediction_error": round((alloc.predicted_ms - small_lat.median_ms) / small_lat.median_ms, 4),
         }
         rounds.append(record)
-        if best is None or measured > best[1]["measured_saving"]:
+        reached = measured >= target - LATENCY_SLACK
+        if best is None:
             best = (plan, record)
-        if measured >= target - LATENCY_SLACK:
-            best = (plan, record)
+        else:
+            best_reached = best[1]["measured_saving"] >= target - LATENCY_SLACK
+            if reached and (not best_reached or measured < best[1]["measured_saving"]):
+                best = (plan, record)  # reached it, removing less
+            elif not reached and not best_reached and measured > best[1]["measured_saving"]:
+                best = (plan, record)
+        if reached and measured <= target + LATENCY_OVERSHOOT:
             break
-        wanted = min(0.99, wanted + (target - measured))
+        if reached:  # overshot: the predicted target can be looser
+            hi = wanted if hi is None else min(hi, wanted)
+            step = wanted - (measured - target)
+        else:
+            lo = wanted if lo is None else max(lo, wanted)
+            step = wanted + (target - measured)
+        if lo is not None and step <= lo or hi is not None and step >= hi:
+            step = ((lo if lo is not None else 0.0) + (hi if hi is not None else 0.99)) / 2  # bisect inside the brackets
+        step = min(0.99, max(0.01, step))
+        if abs(step - wanted) < 1e-3:
+            break
+        wanted = step
     plan, chosen = best
     requested = 1.0 / (1.0 - target)
     achieved = chosen["dense_measured_ms"] / chosen["measured_ms"] if chosen["measured_ms"] > 0 else None
