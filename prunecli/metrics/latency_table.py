@@ -67,7 +67,7 @@ import torch.nn as nn
 
 from prunecli._progress import step_bar
 from prunecli.errors import PruneCliError
-from prunecli.metrics.latency import Latency, _quartiles, intra_op_threads, load_average
+from prunecli.metrics.latency import Latency, _quartiles, intra_op_threads, load_average, pin_allocator
 
 FORMAT = "prunecli-latency-table"
 # 2: block-aware grids (first width of every SIMD block measured, staircase lookup), the rest
@@ -490,44 +490,6 @@ def require_runtime(runtime: str, device: str) -> None:
             raise PruneCliError(f"--runtime onnxruntime: ONNX Runtime is not installed: {ONNX_EXTRA}")
     if runtime != "eager" and not str(device).startswith("cpu"):
         raise PruneCliError(f"--runtime {runtime} is timed on the CPU: use --device cpu (or --runtime eager on {device})")
-
-
-# glibc mallopt parameters (malloc.h): M_TRIM_THRESHOLD -1, M_MMAP_THRESHOLD -3
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-# glibc's ceiling for M_MMAP_THRESHOLD on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX, bytes): larger values are refused
-_MMAP_MAX = 32 * 1024 * 1024
-_pinned: list[bool] = []
-
-
-def pin_allocator() -> bool:
-    """Keep glibc malloc from handing each large activation fresh pages (once per process; whether it applied).
-
-    Why: glibc serves an allocation above its *dynamic* mmap threshold with new pages from
-    the kernel, and every page faults on first write. Which activations that hits depends
-    on the process's allocation history, so the same layer timed twice differs by more than
-    its own compute: a conv3x3 64->64 at 16x16, batch 64, 1 thread (4 MiB output) took
-    18.1-19.0 ms under the default allocator and 11.3 ms with the thresholds pinned, while
-    64->63 (3.9 MiB) took 11.1-11.8 ms in both, so one width looked 60% dearer than its
-    neighbour and a layer alone disagreed with the same layer inside the model. Pinning the
-    mmap threshold at glibc's ceiling (32 MiB) and never trimming the heap is the steady state
-    a long-running process reaches (the threshold only rises as mmapped blocks are freed);
-    tcmalloc/jemalloc, which PyTorch recommends for CPU inference, reuse memory the same way.
-    The table, the dense model and the checked models are all timed after it.
-    ``PRUNECLI_MALLOC=default`` leaves the allocator alone; off glibc this does nothing.
-    """
-    if _pinned:
-        return _pinned[0]
-    ok = False
-    if os.environ.get("PRUNECLI_MALLOC", "").lower() != "default":
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None)
-            ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_MAX)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
-        except (OSError, AttributeError):
-            ok = False
-    _pinned.append(ok)
-    return ok
 
 
 @torch.inference_mode()

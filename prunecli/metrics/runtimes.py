@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 
 from prunecli.errors import PruneCliError
-from prunecli.metrics.latency import Latency, _quartiles, intra_op_threads, load_average
+from prunecli.metrics.latency import Latency, _quartiles, intra_op_threads, load_average, pin_allocator
 
 ONNX_EXTRA = "pip install 'prunecli[onnx]'"
 
@@ -141,6 +141,7 @@ def measure_runtimes(
 
 @torch.inference_mode()
 def _measure(runtimes: list[Runtime], input_shape, batch_size: int, warmup: int, repeats: int, max_seconds: float, threads: int) -> list[Latency]:
+    pin_allocator()
     load = load_average()
     x = torch.randn(batch_size, *input_shape)
     samples: list[list[float]] = [[] for _ in runtimes]
