@@ -48,6 +48,12 @@ class Latency:
     seconds: float = 0.0  # wall time of the whole measurement (warm-up and every model), s
     stopped: str = ""  # why the timed rounds ended: "repeats", "stable" or "budget"
 
+    @classmethod
+    def of_runs(cls, runs: list[float], **conditions) -> "Latency":
+        """The median, quartiles and extremes of ``runs`` (ms), with how they were measured."""
+        q1, q3 = _quartiles(runs)
+        return cls(median_ms=statistics.median(runs), runs=len(runs), min_ms=min(runs), q1_ms=q1, q3_ms=q3, max_ms=max(runs), **conditions)
+
     @property
     def spread(self) -> float:
         """Interquartile range relative to the median (0.1 = the middle half of the runs within 10%)."""
@@ -287,23 +293,9 @@ def _measure(models, input_shape, batch_size, device, warmup, repeats, max_secon
     for i in range(len(models)):
         best = min(tried[i], key=lambda f: statistics.median(samples[(i, f)]))
         runs = samples[(i, best)]
-        q1, q3 = _quartiles(runs)
         out.append(
-            Latency(
-                median_ms=statistics.median(runs),
-                memory_format=best,
-                batch_size=batch_size,
-                runs=len(runs),
-                min_ms=min(runs),
-                q1_ms=q1,
-                q3_ms=q3,
-                max_ms=max(runs),
-                threads=threads,
-                device=str(device),
-                load=load,
-                warmup=warmup,
-                seconds=seconds,
-                stopped=stopped,
+            Latency.of_runs(
+                runs, memory_format=best, batch_size=batch_size, threads=threads, device=str(device), load=load, warmup=warmup, seconds=seconds, stopped=stopped
             )
         )
     return out

@@ -55,7 +55,6 @@ import hashlib
 import json
 import math
 import os
-import statistics
 import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
@@ -67,7 +66,7 @@ import torch.nn as nn
 
 from prunecli._progress import step_bar
 from prunecli.errors import PruneCliError
-from prunecli.metrics.latency import Latency, _quartiles, intra_op_threads, load_average, pin_allocator
+from prunecli.metrics.latency import Latency, intra_op_threads, load_average, pin_allocator
 
 FORMAT = "prunecli-latency-table"
 # 2: block-aware grids (first width of every SIMD block measured, staircase lookup), the rest
@@ -521,8 +520,7 @@ def time_runnables(
                 break
     out = []
     for runs in samples:
-        q1, q3 = _quartiles(runs)
-        out.append(Latency(statistics.median(runs), "contiguous", int(runnables[0].input.shape[0]), len(runs), min(runs), q1, q3, max(runs), used, str(dev), load))
+        out.append(Latency.of_runs(runs, memory_format="contiguous", batch_size=int(runnables[0].input.shape[0]), threads=used, device=str(dev), load=load))
     return out
 
 

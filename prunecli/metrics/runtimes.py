@@ -22,7 +22,6 @@ one-line `PruneCliError` saying so when it is missing.
 from __future__ import annotations
 
 import io
-import statistics
 import time
 import warnings
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 
 from prunecli.errors import PruneCliError
-from prunecli.metrics.latency import Latency, _quartiles, intra_op_threads, load_average, pin_allocator
+from prunecli.metrics.latency import Latency, intra_op_threads, load_average, pin_allocator
 
 ONNX_EXTRA = "pip install 'prunecli[onnx]'"
 
@@ -161,22 +160,8 @@ def _measure(runtimes: list[Runtime], input_shape, batch_size: int, warmup: int,
             break
     out = []
     for rt, runs in zip(runtimes, samples):
-        q1, q3 = _quartiles(runs)
-        out.append(
-            Latency(
-                median_ms=statistics.median(runs),
-                memory_format="contiguous",
-                batch_size=batch_size,
-                runs=len(runs),
-                min_ms=min(runs),
-                q1_ms=q1,
-                q3_ms=q3,
-                max_ms=max(runs),
-                threads=rt.threads if rt.name == ONNXRUNTIME and rt.threads is not None else threads,
-                device="cpu",
-                load=load,
-            )
-        )
+        threads_used = rt.threads if rt.name == ONNXRUNTIME and rt.threads is not None else threads
+        out.append(Latency.of_runs(runs, memory_format="contiguous", batch_size=batch_size, threads=threads_used, device="cpu", load=load))
     return out
 
 
