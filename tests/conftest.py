@@ -90,6 +90,31 @@ def run_process(args: list[str], *, cwd: Path | None = None, env: dict | None = 
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def kill_then_resume(cli, args: list, *, epoch: int) -> None:
+    """Run ``prunecli ARGS`` in a subprocess killed (SIGKILL) inside epoch ``epoch``, check that the file
+    holds epoch ``epoch - 1``'s resume state, and resume it in process. ``args`` end with ``-o FILE``."""
+    import signal
+
+    from prunecli.checkpoint import load_checkpoint
+
+    out = args[-1]
+    proc = run_process(args, env={"PRUNECLI_KILL_DURING_EPOCH": str(epoch)})
+    assert proc.code == -signal.SIGKILL, proc.stderr
+    assert load_checkpoint(out).resume["epoch"] == epoch - 1
+    resumed = cli(args[0], "--resume", out)
+    assert resumed.code == 0, resumed.stderr
+
+
+def assert_same_weights_and_masks(a, b) -> None:
+    """Two checkpoints hold bit-identical weights and masks (a killed-and-resumed run against a whole one)."""
+    import torch
+
+    assert a.state_dict.keys() == b.state_dict.keys()
+    for k in a.state_dict:
+        assert torch.equal(a.state_dict[k], b.state_dict[k]), k
+    assert a.masks.keys() == b.masks.keys() and all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """A conv2 trained 2 epochs on synthetic 8x8 (shared, read-only)."""

@@ -11,15 +11,11 @@ from the gates alone.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import one_line_error
+from conftest import assert_same_weights_and_masks, kill_then_resume, one_line_error
 from prunecli.algorithms.sss import SSSCallback, apg_step, soft_threshold
 from prunecli.checkpoint import load_checkpoint
 from prunecli.models import ModelSpec, build_model, example_input
@@ -263,22 +259,9 @@ def test_killed_sss_run_resumes_to_the_same_weights_gates_and_masks(cli, tmp_pat
     whole = cli("prune", resnet20, *args, "-o", tmp_path / "whole.pt")
     assert whole.code == 0, whole.stderr
     cut = tmp_path / "cut.pt"
-    proc = subprocess.run(
-        [sys.executable, "-m", "prunecli", "prune", str(resnet20), *args, "-o", str(cut)],
-        env={**os.environ, "PRUNECLI_KILL_DURING_EPOCH": "2"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    assert load_checkpoint(cut).resume["epoch"] == 1
-    resumed = cli("prune", "--resume", cut)
-    assert resumed.code == 0, resumed.stderr
+    kill_then_resume(cli, ["prune", resnet20, *args, "-o", cut], epoch=2)
     a, b = load_checkpoint(tmp_path / "whole.pt"), load_checkpoint(cut)
-    assert a.state_dict.keys() == b.state_dict.keys()
-    for k in a.state_dict:
-        assert torch.equal(a.state_dict[k], b.state_dict[k]), k
-    assert a.masks.keys() == b.masks.keys() and all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+    assert_same_weights_and_masks(a, b)
     ga, gb = a.extra["sss"]["gates"], b.extra["sss"]["gates"]
     assert all(torch.equal(ga[k], gb[k]) for k in ga)
     assert a.extra["sss"]["dead"], "the run must kill a block for the resume to be tested across a death"

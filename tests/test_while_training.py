@@ -10,14 +10,11 @@ initial weights; the density after R rounds is (1 - p)^R.
 from __future__ import annotations
 
 import math
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import TINY, one_line_error
+from conftest import TINY, assert_same_weights_and_masks, kill_then_resume, one_line_error
 from prunecli.algorithms.gradual import GradualCallback, agp_fraction
 from prunecli.algorithms.iterative import IterativeCallback
 from prunecli.algorithms.soft import SoftPruningCallback
@@ -222,23 +219,10 @@ def test_killed_run_resumes_to_the_same_weights(cli, tmp_path, rewind_base, meth
     whole = cli("prune", rewind_base, *args, "-o", tmp_path / "whole.pt")
     assert whole.code == 0, whole.stderr
     cut = tmp_path / "cut.pt"
-    kill_epoch = "2"  # epoch 1's re-selection and checkpoint are written; die inside epoch 2
-    proc = subprocess.run(
-        [sys.executable, "-m", "prunecli", "prune", str(rewind_base), *args, "-o", str(cut)],
-        env={**__import__("os").environ, "PRUNECLI_KILL_DURING_EPOCH": kill_epoch},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    assert load_checkpoint(cut).resume["epoch"] == 1
-    resumed = cli("prune", "--resume", cut)
-    assert resumed.code == 0, resumed.stderr
+    # epoch 1's re-selection and checkpoint are written; die inside epoch 2
+    kill_then_resume(cli, ["prune", rewind_base, *args, "-o", cut], epoch=2)
     a, b = load_checkpoint(tmp_path / "whole.pt"), load_checkpoint(cut)
-    assert a.state_dict.keys() == b.state_dict.keys()
-    for k in a.state_dict:
-        assert torch.equal(a.state_dict[k], b.state_dict[k]), k
-    assert a.masks.keys() == b.masks.keys() and all(torch.equal(a.masks[k], b.masks[k]) for k in a.masks)
+    assert_same_weights_and_masks(a, b)
     assert a.masks, "pruning while training must end with hard masks"
     # the result compresses (channel methods) and continues
     if method != "imp":
