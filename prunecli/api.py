@@ -115,8 +115,17 @@ def prune(
     )
     plan = pruner.plan_for_macs(cfg.target_macs) if cfg.target_macs is not None else pruner.plan()
     check_something_selected(plan, cfg)
-    masked = pruner.mask(plan)
-    net._pending = _Pending(pruner, plan, masked, _fingerprint(net.module))
+    masked = pruner.mask(plan, check=False)
+    checked = None
+    if masked.compressed is not None:
+        # that the smaller network runs is checked by running it on compress's probe: compress
+        # right after then needs only the masked network's half of the masked == compressed check
+        from prunecli.surgery.equivalence import counted_outputs, probe_batch
+        from prunecli.surgery.removal import must_run
+
+        with must_run(net.spec.name):
+            checked = counted_outputs(masked.compressed, probe_batch(net.spec, device=_device(net.module)))
+    net._pending = _Pending(pruner, plan, masked, _fingerprint(net.module), checked)
     extra = dict(net.checkpoint.extra)
     extra["prune"] = {**prune_record(cfg, criterion, "one-shot", plan.rate), "layers": [vars(r) for r in plan.rows()]}
     given = {k: v for k, v in {"method": method, "rate": rate, **options}.items() if v is not None}
@@ -144,10 +153,14 @@ def compress(net: Network) -> float:
     expected, before = counted_outputs(net.module, probe)  # the masked network's outputs, its MACs counted on the way
     parent = replace(net.checkpoint, state_dict=net.module.state_dict())
     pending, net._pending = net._pending, None
+    checked = None
     if pending is not None and pending.still_fits(net.module) and not dead_blocks(net.module)[0]:
         # right after `prune`: its Pruner has the trace, and removed the same channels from a copy already
         plan, dropped = pending.pruner.plan_zeroed(), []
-        done = pending.masked if _same_channels(plan, pending.plan) else pending.pruner.mask(plan, apply=False, check=False)
+        if _same_channels(plan, pending.plan):
+            done, checked = pending.masked, pending.checked  # that copy ran on this probe in `prune`
+        else:
+            done = pending.pruner.mask(plan, apply=False, check=False)
         work, history, kept = done.compressed, done.history, done.kept
     else:
         work = copy.deepcopy(net.module)
@@ -156,8 +169,11 @@ def compress(net: Network) -> float:
         plan = pruner.plan_zeroed()
         removal = pruner.remove(plan, check=False)
         history, kept = removal.history, removal.kept
-    with must_run(net.spec.name):  # the probe is the compressed network's first forward pass
-        got, after = counted_outputs(work, probe)
+    if checked is not None:
+        got, after = checked
+    else:
+        with must_run(net.spec.name):  # the probe is the compressed network's first forward pass
+            got, after = counted_outputs(work, probe)
     diff, same = difference(expected, got)
     if not same:
         raise PruneCliError(f"the compressed model differs from the masked one (max |diff| {diff:.3g}); the network is unchanged")
@@ -203,12 +219,14 @@ def _fingerprint(module: nn.Module) -> list[tuple]:
 
 @dataclass(eq=False)
 class _Pending:
-    """The last `prune` of a Network: its Pruner (trace and units), plan and removal from a copy."""
+    """The last `prune` of a Network: its Pruner (trace and units), plan, removal from a copy, and
+    that copy's outputs and complexity on compress's probe batch (None for weight-level plans)."""
 
     pruner: Any
     plan: Any
     masked: Any
     fingerprint: list[tuple]
+    checked: Optional[tuple[torch.Tensor, Any]] = None
 
     def still_fits(self, module: nn.Module) -> bool:
         """Is ``module`` still the network pruned, unchanged since (not trained, edited, replaced)?"""
