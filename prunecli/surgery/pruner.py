@@ -352,7 +352,9 @@ class Pruner:
         work, history, kept = self._removed(plan)
         if check:
             check_runs(work, self.example, self.name)
-        masks = {n: m for n, m in masks_from_kept(shapes, kept, shapes).items() if not bool(m.all())}
+        # a tensor lost entries exactly when fewer ids came back than it had (ids are distinct)
+        cut = [n for n, shape in shapes.items() if n in kept and kept[n].numel() < shape.numel()]
+        masks = masks_from_kept(shapes, kept, cut)
         if apply:
             apply_masks(self.model, masks)
         return Masked(masks=masks, compressed=work, history=history, kept=kept)
