@@ -35,6 +35,7 @@ import enum
 import hashlib
 import os
 import pickle
+import time
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -140,7 +141,9 @@ def sha256_file(path: str | Path) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    if os.stat(path).st_mtime_ns == st.st_mtime_ns:  # not rewritten while being read
+    # remembered only once the file is 2 s old: file times tick at the kernel's clock (a few ms), so a
+    # same-size rewrite moments later, or a new file on a freed inode, could share the key (git's "racy" rule)
+    if os.stat(path).st_mtime_ns == st.st_mtime_ns and time.time_ns() - st.st_mtime_ns > 2_000_000_000:
         _HASHES[key] = h.hexdigest()
     return h.hexdigest()
 

@@ -252,3 +252,21 @@ def test_enum_options_are_stored_as_their_values():
     from prunecli.config.prune import Granularity, Scope
 
     assert to_plain({"granularity": Granularity.channel, "scope": [Scope.global_]}) == {"granularity": "channel", "scope": ["global"]}
+
+
+def test_sha256_file_follows_rewrites_of_the_same_size(tmp_path):
+    import hashlib
+    import os
+    import time
+
+    from prunecli.checkpoint import sha256_file
+
+    f = tmp_path / "x.bin"
+    for content in (b"a" * 64, b"b" * 64, b"c" * 64):  # same size, rewritten within the file clock's tick
+        f.write_bytes(content)
+        assert sha256_file(f) == hashlib.sha256(content).hexdigest()
+    old = time.time() - 60
+    os.utime(f, (old, old))  # an old file: its hash is remembered
+    assert sha256_file(f) == hashlib.sha256(b"c" * 64).hexdigest()
+    f.write_bytes(b"d" * 64)  # a rewrite changes mtime and ctime: hashed again
+    assert sha256_file(f) == hashlib.sha256(b"d" * 64).hexdigest()
