@@ -22,15 +22,16 @@ def profile(
 
     Every conv/linear layer is timed alone at its real input size, batch and runtime on a
     grid of (input width, output width); layers of one configuration are timed once; the
-    rest of the model (BatchNorm, ReLU, adds, pooling) is the dense model's measured
-    latency minus its layers'. A model's latency at any per-unit widths is predicted from
+    rest of the model (BatchNorm, ReLU, adds, pooling) is timed on a copy whose conv/linear
+    layers return ready outputs. A model's latency at any per-unit widths is predicted from
     it (per layer, because single-unit deltas of the whole model do not add up: a conv
     between two halved units costs 1/4). The table is cached by device, runtime, batch
     size, threads, torch version and the model's architecture and widths (not weights) in
     $PRUNECLI_CACHE_DIR (default ~/.cache/prunecli/latency) and reused when all of them
     match. The check prunes l1 layer-wise at 0.3 and 0.6 in memory, times them
-    interleaved with the dense model, and prints predicted vs measured latency. Prints
-    the table's path on stdout.
+    interleaved with the dense model, and prints predicted vs measured latency, and the
+    error of the predicted fraction of the dense latency (the machine's drift since the
+    table was measured cancels in it). Prints the table's path on stdout.
     """
     from prunecli.stages.profile import profile_checkpoint
 
@@ -58,10 +59,14 @@ def _print_report(r) -> None:
         from rich.table import Table
 
         table = Table(title="predicted vs measured (interleaved medians)", title_justify="left", show_edge=False, pad_edge=False)
-        for col in ("model", "predicted ms", "measured ms", "error"):
+        for col in ("model", "predicted ms", "measured ms", "error", "fraction error"):
             table.add_column(col, justify="left" if col == "model" else "right")
         for c in r.checks:
-            table.add_row(c["model"], f"{c['predicted_ms']:.2f}", f"{c['measured_ms']:.2f}", f"{c['error']:+.1%}" if c["error"] is not None else "-")
+            frac = c.get("fraction_error")
+            table.add_row(
+                c["model"], f"{c['predicted_ms']:.2f}", f"{c['measured_ms']:.2f}", f"{c['error']:+.1%}" if c["error"] is not None else "-",
+                "-" if frac is None or c["model"] == "dense" else f"{frac:+.1%}",
+            )
         con.print(table)
         from prunecli.metrics.latency import Latency, unreliable
 

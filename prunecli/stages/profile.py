@@ -10,7 +10,9 @@ this key, else a new measurement (then cached).
 
 The check (``--check``, on by default): the model is pruned in memory with l1 layer-wise at
 0.3 and 0.6 and compressed; the dense and the pruned models are timed interleaved, and
-the table's prediction of each is printed beside its measurement, with the error in %.
+the table's prediction of each is printed beside its measurement, with the error in %,
+and the error of the predicted fraction of the dense latency (both timed in the same run,
+so the machine's drift since the table was measured cancels).
 """
 
 from __future__ import annotations
@@ -119,14 +121,23 @@ def check_table(table: lt.LatencyTable, model: torch.nn.Module, spec, *, device:
     x = torch.randn(table.key["batch_size"], *shape, device=device)
     lats = lt.time_runnables([lt.Runnable(m, x) for m in models], runtime=table.key["runtime"], device=str(device), threads=table.key["threads"], repeats=repeats)
     out = []
+    dense_predicted, dense_measured = table.predict(widths[0]), lats[0].median_ms
     for rate, w, lat in zip((0.0, *rates), widths, lats):
         predicted = table.predict(w)
+        # the speed-up error: the predicted fraction of the dense latency against the measured one,
+        # both models timed in this run. The error in ms also holds the machine's drift since the
+        # table was measured (a shared CPU's medians move 5-10% in minutes); the fraction is what
+        # --target-latency asks for
+        fraction = None
+        if lat.median_ms > 0 and dense_predicted > 0 and dense_measured > 0:
+            fraction = round((predicted / dense_predicted) / (lat.median_ms / dense_measured) - 1.0, 4)
         out.append(
             {
                 "model": "dense" if rate == 0 else f"l1 layerwise {rate:g}",
                 "predicted_ms": round(predicted, 4),
                 "measured_ms": round(lat.median_ms, 4),
                 "error": round((predicted - lat.median_ms) / lat.median_ms, 4) if lat.median_ms > 0 else None,
+                "fraction_error": fraction,
                 "latency": lat.to_json(),
             }
         )
