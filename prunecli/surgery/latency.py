@@ -17,7 +17,10 @@ global`` they are normalised as the criterion's global selection normalises them
 ``--scope layerwise`` each unit's scores are divided by their mean, so every layer's
 average channel is worth 1 and the allocation still trades layers against each other
 (a latency target is a property of the whole model; "layerwise" there means the scores
-are made comparable per layer, not that every layer loses the same share).
+are made comparable per layer, not that every layer loses the same share). Either way a
+unit's channel is worth its score times the number of layers producing it: removing it
+removes a filter from each (HALP sums the importance over the group's layers), and a
+residual unit coupling ten convs is not as cheap to empty as one conv's output.
 
 Constraints: ``--skip``, ``--protect``, unscorable units stay whole; ``--layer-rate(s)``
 and ``--max-layer-rate`` cap a unit's removed share (a rate of 0 leaves it whole); kept
@@ -228,7 +231,11 @@ def latency_offers(pruner, table: LatencyTable, *, round_auto: bool = False) -> 
         if p.status != "prune" or p.unit.root not in table.units:
             continue
         u = p.unit
-        s = unit_scores(u, scores[u.index], how)
+        # a channel of a unit is a filter in each layer producing it: its importance is the sum over them
+        # (HALP's group importance), where the criterion's score is one filter's worth (norms average over
+        # producers, and the normalisation makes the average 1). Without it, ResNet-56's residual units
+        # (9-10 producers, every block's input and output) were the cheapest per ms and went to 1 channel
+        s = unit_scores(u, scores[u.index], how) * max(1, len(u.producers))
         steps = table.step_widths(u.root) if round_auto else None
         offers.append(make_offer(u.root, s, max(1, u.conv_groups), unit_step(u, sel.round_to), p.rate, steps))
     return offers, plans
