@@ -192,7 +192,10 @@ def test_bad_inputs_one_line_and_nothing_written(cli, tmp_path, r20_small):
     folder.mkdir()
     out = folder / "x.pt"
     base = r20_small.with_name("base.pt")
+    folded = tmp_path / "folded.pt"
+    _cli("compress", r20_small, "--fold-bn", "--no-latency", "-o", folded)
     cases = [
+        (("--arch-from", folded), 1, "before folding"),  # no BatchNorm left: the advice is the unfolded file, not fine-tuning
         (("--arch-from", base), 1, "not a compressed checkpoint"),
         (("--arch-from", tmp_path / "missing.pt"), 1, "no such file"),
         (("--arch-from", r20_small, "--dataset", "mnist", "--data", mnist), 1, "--arch-from"),  # 1-channel images, a 3-channel model

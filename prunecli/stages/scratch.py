@@ -47,6 +47,7 @@ from prunecli.metrics.complexity import count_complexity
 from prunecli.models import rebuild
 from prunecli.models._init import slimming_init
 from prunecli.models.build import offline_spec
+from prunecli.models.folding import inference_only_reason
 from prunecli.stages.checkpoints import check_data_fits_model, rebuild_model
 
 # Scratch-B trains at most this many times the epochs asked (Liu et al., section 4.1)
@@ -79,6 +80,12 @@ def prepare_scratch(cfg: TrainConfig, output: Path) -> ScratchRun:
     check_data_fits_model(bundle, parent.model, where)
 
     model = rebuild_model(parent, allow_nonfinite=True)  # the architecture; its trained weights are replaced below
+    if inference_only_reason(model):
+        # the Trainer would refuse it too, with advice for fine-tuning; a scratch run wants the architecture only
+        raise PruneCliError(
+            f"{where}: its BatchNorms are folded into the convs (compress --fold-bn), so the architecture has no "
+            "normalisation to train from scratch with; pass the compressed checkpoint from before folding"
+        )
     torch.manual_seed(cfg.seed)
     dense, inits = _fresh_dense(parent, where)
     shape = (parent.model.in_channels, parent.model.image_size, parent.model.image_size)
