@@ -190,6 +190,18 @@ def test_rest_is_timed_without_the_layers():
     assert any(isinstance(m, nn.Conv2d) for m in model.modules())  # the model itself is left alone
 
 
+@pytest.mark.parametrize("runtime", ["torchscript", "onnxruntime"])
+def test_rest_stand_ins_trace_and_export(runtime):
+    # a traced graph must depend on its input, and ONNX Runtime would fold a constant's BatchNorm and
+    # ReLU away: the stand-ins of traced runtimes are tied to the input (in-place ReLU included)
+    if runtime == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    (lat,) = lt.time_runnables([lt.Runnable(lt.without_layers(model, x, tie=True), x)], runtime=runtime, threads=1, warmup=1, repeats=1)
+    assert lat.median_ms > 0
+
+
 def test_calibration_passes_through_its_points_and_is_bounded():
     table = hand_table(lambda o: 0.3 * o, lambda i, o: 0.0, lambda i: 0.1 * i)
     raw_d, raw_h = table.raw({}), table.raw({"A": 4, "B": 4})
