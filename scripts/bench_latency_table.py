@@ -32,6 +32,20 @@ stand-ins, affine calibration on the dense model and an l1-0.5 copy), `prunecli 
 
 Uncalibrated v2 tables (the layers alone) missed by -7..-39% on conv4 b64 and +28..+66% at
 l1 0.6 on the ResNets; resnet50/mobilenetv2 and batch 64 ResNets were not re-run for time.
+
+Version 3 (widths inside the first SIMD block blended between 1 and the block, not read at
+the block's cost): ``--rates 0.3,0.6,0.8``, 3 runs, load average 0.7-1.1, error in ms
+[fraction error: predicted fraction of the dense latency against the measured one]:
+
+    resnet20 32px b8    0.3: -1.2, -3.4, -2.6% [+1.7, -4.0, -3.5]   0.6: -0.9, +3.9, +3.2% [+2.1, +3.3, +2.2]
+                        0.8: +6.1, +14.1, +10.4% [+9.2, +13.5, +9.4]
+    resnet56 32px b8    0.3: -5.3, -1.3, -2.4% [-4.7, -4.2, -2.2]   0.6: +0.7, +3.7, +1.6% [+1.2, +0.7, +1.8]
+                        0.8: +11.6, +8.9, +7.2% [+12.2, +5.7, +7.5]
+    resnet50 224px b1   0.3: +0.6% [-3.7]   0.6: -4.2% [-8.3]   (one run; table 42 s)
+
+0.8 lies beyond the calibration's points (dense, l1 0.5): the layers' sum there still
+comes out slow by about a tenth. With v2's reading the same ResNets were at +9..+14% at
+0.6 and +24..+41% at 0.8, where the 16-channel stage never got faster.
 """
 
 from __future__ import annotations
