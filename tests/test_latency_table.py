@@ -406,3 +406,26 @@ def test_target_latency_loosens_after_an_overshoot(cli, bn_base, fake_timing, tm
     assert len(rounds) > 1 and rounds[1]["target_predicted"] < rounds[0]["target_predicted"], rounds
     assert rounds[0]["measured_saving"] > 0.3 + 0.05
     assert 0.3 - 0.011 <= lat["measured_saving"] < rounds[0]["measured_saving"], lat
+
+
+def test_a_coupled_unit_is_worth_its_producers(fake_timing):
+    # HALP sums a channel's importance over its group's layers: a residual unit's channel is a filter in
+    # each conv producing it, so --scope layerwise scores (each layer's average channel worth 1) are scaled
+    # by the number of producers; priced as one conv's channel, ResNet-56's residual streams went to 1 channel
+    from prunecli.criteria import get_criterion
+    from prunecli.config.prune import Selection
+    from prunecli.models import ModelSpec, build_model, example_input
+    from prunecli.stages.profile import obtain_table
+    from prunecli.surgery.latency import latency_offers
+    from prunecli.surgery.pruner import Pruner
+
+    spec = ModelSpec(name="resnet20", num_classes=10, image_size=8)
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    table, _ = obtain_table(model, spec, device=torch.device("cpu"), runtime="eager", batch_size=2, threads=1, repeats=1)
+    pruner = Pruner(model, get_criterion("l1"), Selection(rate=0.5), example_input=example_input(spec), name=spec.name)
+    offers, _ = latency_offers(pruner, table)
+    producers = {u.root: len(u.producers) for u in pruner.units}
+    assert max(producers[o.root] for o in offers) == 4  # stage 1's residual stream: conv1 and its 3 blocks' second convs
+    for o in offers:
+        assert o.prefix[-1] / o.slots == pytest.approx(producers[o.root], rel=1e-6), o.root
