@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -64,7 +65,18 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
 
 
 def shutdown_distributed() -> None:
+    """Destroy the process group; on a normal exit, once every rank has got here.
+
+    Without the barrier a rank that finished first could destroy the group while a
+    collective of the other (DDP's last reduction, the test set's all-reduce) was still in
+    Gloo's worker threads, and the process died with "terminate called without an active
+    exception" (SIGABRT) after its work was done: 1 run in 8-10 of tests/test_distributed.py's
+    2-process fit. Called from a ``finally`` while an exception propagates, it skips the
+    barrier: the other ranks may never arrive, and waiting would hang the failing one.
+    """
     if dist.is_available() and dist.is_initialized():
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 
