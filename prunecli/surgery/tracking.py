@@ -72,9 +72,6 @@ def masks_from_kept(shapes: dict[str, torch.Size], kept: dict[str, torch.Tensor]
     """Boolean masks (original shapes, True = kept) for the parameters ``names``."""
     masks = {}
     for name in names:
-        if kept[name].numel() == math.prod(shapes[name]):  # nothing removed (indices are distinct)
-            masks[name] = torch.ones(shapes[name], dtype=torch.bool)
-            continue
         # index_fill_: 3x faster than mask[ids] = True (0.9 vs 2.7 ms for 1.2M ids)
         mask = torch.zeros(math.prod(shapes[name]), dtype=torch.bool).index_fill_(0, kept[name].flatten().cpu(), True)
         masks[name] = mask.view(shapes[name])
